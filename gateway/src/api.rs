@@ -1,0 +1,227 @@
+//! Server publish API: backends emit events over HTTP.
+//!
+//! Beside `session` at the top of the data flow: requests publish through
+//! `node` → `broker` (never straight into the hub), so API publications get
+//! positions and reach every node exactly like client emits. Errors are JSON
+//! `{"error":{"code","message"}}` via [`ApiError`].
+
+use crate::broker::BrokerError;
+use crate::metrics::metrics;
+use crate::node::{Node, Source};
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use herald_proto::{ErrorCode, validate_channel, validate_event};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::sync::Arc;
+
+/// Most channels one broadcast may name.
+pub const MAX_BROADCAST_CHANNELS: usize = 1000;
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub node: Arc<Node>,
+    pub max_payload: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Self::Unavailable(_) => ErrorCode::Unavailable,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<BrokerError> for ApiError {
+    fn from(e: BrokerError) -> Self {
+        Self::Unavailable(format!("{e}; nothing was published"))
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    code: ErrorCode,
+    message: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let msg = self.to_string();
+        let body = serde_json::json!({ "error": ErrorBody { code: self.code(), message: &msg } });
+        (self.status(), Json(body)).into_response()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishReq<'a> {
+    #[serde(borrow)]
+    channel: Cow<'a, str>,
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastReq<'a> {
+    #[serde(borrow)]
+    channels: Vec<Cow<'a, str>>,
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+pub struct Published {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+async fn read_body(body: Body, max_payload: usize) -> Result<bytes::Bytes, ApiError> {
+    // The envelope (channel names, event) is allowed on top of the payload limit.
+    let limit = max_payload + 64 * 1024;
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        if inner
+            .downcast_ref::<http_body_util::LengthLimitError>()
+            .is_some()
+        {
+            ApiError::PayloadTooLarge(format!("request body is larger than {limit} bytes"))
+        } else {
+            ApiError::BadRequest(format!("cannot read request body: {inner}"))
+        }
+    })
+}
+
+fn check_data(data: &RawValue, max: usize) -> Result<(), ApiError> {
+    let n = data.get().len();
+    if n > max {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "\"data\" is {n} bytes, the limit is {max}"
+        )));
+    }
+    Ok(())
+}
+
+fn record(route: &'static str, status: StatusCode) {
+    metrics()
+        .api_requests
+        .with_label_values(&[route, status.as_str()])
+        .inc();
+}
+
+/// `POST /api/v1/publish` `{"channel","event","data"}` → `{"epoch","offset"}`.
+pub async fn publish(State(st): State<ApiState>, body: Body) -> Response {
+    let res = publish_inner(&st, body).await;
+    let resp = match res {
+        Ok(p) => Json(p).into_response(),
+        Err(e) => e.into_response(),
+    };
+    record("publish", resp.status());
+    resp
+}
+
+async fn publish_inner(st: &ApiState, body: Body) -> Result<Published, ApiError> {
+    let bytes = read_body(body, st.max_payload).await?;
+    let req: PublishReq<'_> = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?;
+    validate_channel(&req.channel).map_err(ApiError::BadRequest)?;
+    validate_event(&req.event).map_err(ApiError::BadRequest)?;
+    let data = req.data.unwrap_or(RawValue::NULL);
+    check_data(data, st.max_payload)?;
+    if !st.node.is_ready() {
+        return Err(ApiError::Unavailable(
+            "broker unavailable; nothing was published".to_owned(),
+        ));
+    }
+    let pos = st
+        .node
+        .publish(&req.channel, &req.event, data, Source::Api)
+        .await?;
+    Ok(Published {
+        epoch: pos.epoch.to_string(),
+        offset: pos.offset,
+    })
+}
+
+/// `POST /api/v1/broadcast` `{"channels":[...],"event","data"}` →
+/// `{"results":[{"channel","epoch","offset"} | {"channel","error"}]}`.
+pub async fn broadcast(State(st): State<ApiState>, body: Body) -> Response {
+    let res = broadcast_inner(&st, body).await;
+    let resp = match res {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    };
+    record("broadcast", resp.status());
+    resp
+}
+
+async fn broadcast_inner(st: &ApiState, body: Body) -> Result<serde_json::Value, ApiError> {
+    let bytes = read_body(body, st.max_payload).await?;
+    let req: BroadcastReq<'_> = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadRequest(format!("invalid request body: {e}")))?;
+    if req.channels.is_empty() || req.channels.len() > MAX_BROADCAST_CHANNELS {
+        return Err(ApiError::BadRequest(format!(
+            "\"channels\" must list 1 to {MAX_BROADCAST_CHANNELS} channels, got {}",
+            req.channels.len()
+        )));
+    }
+    validate_event(&req.event).map_err(ApiError::BadRequest)?;
+    let data = req.data.unwrap_or(RawValue::NULL);
+    check_data(data, st.max_payload)?;
+    if !st.node.is_ready() {
+        return Err(ApiError::Unavailable(
+            "broker unavailable; nothing was published".to_owned(),
+        ));
+    }
+    let event = &req.event;
+    let results = futures_util::future::join_all(req.channels.iter().map(|ch| async move {
+        if let Err(e) = validate_channel(ch) {
+            let err = ErrorBody {
+                code: ErrorCode::BadRequest,
+                message: &e,
+            };
+            return serde_json::json!({ "channel": ch, "error": err });
+        }
+        match st.node.publish(ch, event, data, Source::Api).await {
+            Ok(p) => serde_json::json!({ "channel": ch, "epoch": &*p.epoch, "offset": p.offset }),
+            Err(e) => {
+                let msg = e.to_string();
+                let err = ErrorBody {
+                    code: ErrorCode::Unavailable,
+                    message: &msg,
+                };
+                serde_json::json!({ "channel": ch, "error": err })
+            }
+        }
+    }))
+    .await;
+    Ok(serde_json::json!({ "results": results }))
+}

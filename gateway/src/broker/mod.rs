@@ -1,0 +1,78 @@
+//! Broker: assigns every publication its channel position and carries it to
+//! every node that has subscribers.
+//!
+//! Sits below `node` in the data flow. `node` calls [`Broker::publish`],
+//! [`Broker::subscribe`] and [`Broker::unsubscribe`]; the backend hands each
+//! publication, already encoded once as a client `message` frame, to the
+//! node's [`Sink`] (the hub). Publishing assigns `(epoch, offset)` and
+//! delivers in one atomic step per channel, so every sink sees a channel's
+//! publications in offset order. Backends: [`memory`] (single node) and
+//! [`redis`] (cluster).
+
+pub mod memory;
+pub mod redis;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached or did not answer in time; nothing was published.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker answered something this node does not understand.
+    #[error("broker error: {0}")]
+    Internal(String),
+}
+
+/// Where a channel stands: its epoch (changes when its state is lost) and
+/// the offset of its latest publication (0 when none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: Arc<str>,
+    pub offset: u64,
+}
+
+/// Receives what a broker delivers to this node. Called synchronously from
+/// the broker's delivery path; must not block.
+pub trait Sink: Send + Sync + 'static {
+    /// One publication, `frame` being the complete client `message` frame.
+    fn publication(&self, channel: &str, epoch: &str, offset: u64, frame: Bytes);
+    /// After the broker reconnected, the channel's position now; publications
+    /// between the last one seen and this one may have been missed.
+    fn resync(&self, channel: &str, position: &Position);
+}
+
+/// A pub/sub backend with per-channel ordered positions.
+pub trait Broker: Send + Sync + 'static {
+    /// Assigns the next offset on `channel` and delivers to every subscribed node.
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        event: &'a str,
+        data: &'a RawValue,
+    ) -> BoxFuture<'a, Result<Position, BrokerError>>;
+
+    /// Starts delivery of `channel` to this node's sink and returns the
+    /// channel's position read *after* delivery started.
+    fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Position, BrokerError>>;
+
+    /// Stops delivery of `channel` to this node.
+    fn unsubscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// True while publish and subscribe can succeed.
+    fn is_ready(&self) -> bool;
+}
+
+/// A fresh random epoch. Twelve alphanumerics make a repeat after a reset
+/// practically impossible, so an old epoch never matches a new one.
+pub fn new_epoch() -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(12)
+        .collect()
+}

@@ -1,0 +1,384 @@
+//! Redis broker: the cluster backend.
+//!
+//! Key layout (all keys of a channel share the hash tag `{<channel>}`, so one
+//! channel lives in one Redis Cluster slot):
+//! - `herald:{<channel>}:m` — hash `e` (epoch), `o` (latest offset); expires
+//!   after `state_ttl` without publish or subscribe, which starts a new epoch.
+//! - `herald:{<channel>}` — the pub/sub channel nodes subscribe to.
+//!
+//! [`PUBLISH_SCRIPT`] assigns the offset and publishes in one Lua call, so the
+//! order on the pub/sub channel is the offset order; the recovery issue adds
+//! the history stream append to that same script. A pub/sub payload is
+//! `<offset> <epoch>\n<complete client message frame>`: nodes forward the
+//! frame without re-encoding it.
+//!
+//! One task owns the pub/sub connection: on loss it marks the broker down,
+//! reconnects with backoff, resubscribes every wanted channel and reports each
+//! channel's position to the sink, which tells affected clients (4004).
+
+use super::{BoxFuture, Broker, BrokerError, Position, Sink, new_epoch};
+use crate::config::RedisConfig;
+use crate::metrics::metrics;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use herald_proto::MessageFrame;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
+use serde_json::value::RawValue;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// KEYS: meta, pubsub channel. ARGV: fresh epoch (used if none), ttl seconds,
+/// frame prefix (see [`MessageFrame::prefix`]). Returns `{epoch, offset}`.
+pub const PUBLISH_SCRIPT: &str = r#"
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = ARGV[1]
+  redis.call('HSET', KEYS[1], 'e', e)
+end
+local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', KEYS[2], o .. ' ' .. e .. '\n' .. ARGV[3] .. e .. '","offset":' .. o .. '}')
+return {e, o}
+"#;
+
+/// KEYS: meta. ARGV: fresh epoch (used if none), ttl seconds. Returns `{epoch, offset}`.
+pub const POSITION_SCRIPT: &str = r#"
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = ARGV[1]
+  redis.call('HSET', KEYS[1], 'e', e, 'o', 0)
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+local o = redis.call('HGET', KEYS[1], 'o') or '0'
+return {e, tonumber(o)}
+"#;
+
+pub fn meta_key(channel: &str) -> String {
+    format!("herald:{{{channel}}}:m")
+}
+
+pub fn pubsub_channel(channel: &str) -> String {
+    format!("herald:{{{channel}}}")
+}
+
+fn channel_of(pubsub_name: &str) -> Option<&str> {
+    pubsub_name.strip_prefix("herald:{")?.strip_suffix('}')
+}
+
+/// Splits a pub/sub payload into `(offset, epoch, frame)`.
+fn parse_payload(payload: &[u8]) -> Option<(u64, &str, &[u8])> {
+    let nl = payload.iter().position(|&b| b == b'\n')?;
+    let head = std::str::from_utf8(&payload[..nl]).ok()?;
+    let (offset, epoch) = head.split_once(' ')?;
+    Some((offset.parse().ok()?, epoch, &payload[nl + 1..]))
+}
+
+pub struct RedisBroker {
+    client: redis::Client,
+    conn: ConnectionManager,
+    cfg: RedisConfig,
+    sink: Arc<dyn Sink>,
+    /// Channels this node wants delivered; replayed on every pub/sub reconnect.
+    wanted: Mutex<HashSet<Box<str>>>,
+    /// Subscribe handle of the live pub/sub connection; `None` while down.
+    pubsub: Mutex<Option<PubSubSink>>,
+    up: AtomicBool,
+    publish: redis::Script,
+    position: redis::Script,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(e.to_string())
+}
+
+impl RedisBroker {
+    /// Creates the broker and starts its pub/sub task; does not wait for Redis,
+    /// so a node can start (not ready) while Redis is still coming up.
+    pub fn start(
+        cfg: &RedisConfig,
+        sink: Arc<dyn Sink>,
+        shutdown: CancellationToken,
+    ) -> Result<Arc<Self>, BrokerError> {
+        let client = redis::Client::open(cfg.url.as_str())
+            .map_err(|e| BrokerError::Internal(format!("invalid Redis URL: {e}")))?;
+        let mgr_cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_response_timeout(Some(cfg.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg)
+            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let broker = Arc::new(Self {
+            client,
+            conn,
+            cfg: cfg.clone(),
+            sink,
+            wanted: Mutex::new(HashSet::new()),
+            pubsub: Mutex::new(None),
+            up: AtomicBool::new(false),
+            publish: redis::Script::new(PUBLISH_SCRIPT),
+            position: redis::Script::new(POSITION_SCRIPT),
+        });
+        metrics().broker_up.set(0);
+        tokio::spawn(Arc::clone(&broker).pubsub_task(shutdown));
+        Ok(broker)
+    }
+
+    fn ttl_secs(&self) -> u64 {
+        self.cfg.state_ttl.as_secs().max(1)
+    }
+
+    async fn read_position(&self, channel: &str) -> Result<Position, BrokerError> {
+        let mut conn = self.conn.clone();
+        let mut inv = self.position.key(meta_key(channel));
+        inv.arg(new_epoch()).arg(self.ttl_secs());
+        let (epoch, offset): (String, u64) =
+            tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn))
+                .await
+                .map_err(|_| unavailable("timed out reading channel position"))?
+                .map_err(unavailable)?;
+        Ok(Position {
+            epoch: epoch.into(),
+            offset,
+        })
+    }
+
+    fn current_pubsub(&self) -> Option<PubSubSink> {
+        self.pubsub
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Release);
+        metrics().broker_up.set(i64::from(up));
+    }
+
+    /// Owns the pub/sub connection for the life of the process.
+    async fn pubsub_task(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let connect = tokio::time::timeout(self.cfg.timeout, self.client.get_async_pubsub());
+            let pubsub = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = connect => r,
+            };
+            let pubsub = match pubsub {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    metrics()
+                        .broker_errors
+                        .with_label_values(&["connect"])
+                        .inc();
+                    tracing::warn!(error = %e, retry_in = ?backoff, "cannot connect to Redis");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                Err(_) => {
+                    metrics()
+                        .broker_errors
+                        .with_label_values(&["connect"])
+                        .inc();
+                    tracing::warn!(retry_in = ?backoff, "timed out connecting to Redis");
+                    continue;
+                }
+            };
+            let (mut sub, mut stream) = pubsub.split();
+            *self.pubsub.lock().unwrap_or_else(|e| e.into_inner()) = Some(sub.clone());
+            if let Err(e) = self.resubscribe_all(&mut sub).await {
+                metrics().broker_errors.with_label_values(&["pubsub"]).inc();
+                tracing::warn!(error = %e, "resubscribing after reconnect failed");
+                *self.pubsub.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                continue;
+            }
+            backoff = Duration::from_millis(100);
+            self.set_up(true);
+            tracing::info!(url = %redact(&self.cfg.url), "Redis pub/sub connected");
+            loop {
+                let msg = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    m = stream.next() => m,
+                };
+                let Some(msg) = msg else { break };
+                let Some(channel) = channel_of(msg.get_channel_name()) else {
+                    continue;
+                };
+                match parse_payload(msg.get_payload_bytes()) {
+                    Some((offset, epoch, frame)) => {
+                        self.sink.publication(
+                            channel,
+                            epoch,
+                            offset,
+                            Bytes::copy_from_slice(frame),
+                        );
+                    }
+                    None => {
+                        metrics().broker_errors.with_label_values(&["decode"]).inc();
+                        tracing::warn!("ignoring a malformed pub/sub payload");
+                    }
+                }
+            }
+            self.set_up(false);
+            *self.pubsub.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            metrics().broker_errors.with_label_values(&["pubsub"]).inc();
+            tracing::warn!("Redis pub/sub connection lost; reconnecting");
+        }
+    }
+
+    /// Replays every wanted subscription and reports each channel's position,
+    /// so the sink can tell clients that may have missed publications.
+    async fn resubscribe_all(&self, sub: &mut PubSubSink) -> Result<(), BrokerError> {
+        let channels: Vec<Box<str>> = self
+            .wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        if channels.is_empty() {
+            return Ok(());
+        }
+        for chunk in channels.chunks(512) {
+            let names: Vec<String> = chunk.iter().map(|c| pubsub_channel(c)).collect();
+            tokio::time::timeout(self.cfg.timeout, sub.subscribe(names))
+                .await
+                .map_err(|_| unavailable("timed out resubscribing"))?
+                .map_err(unavailable)?;
+        }
+        let this = self;
+        let positions = futures_util::stream::iter(channels.iter().cloned())
+            .map(|c| async move {
+                let p = this.read_position(&c).await;
+                (c, p)
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await;
+        for (channel, pos) in positions {
+            self.sink.resync(&channel, &pos?);
+        }
+        tracing::info!(channels = channels.len(), "resubscribed after reconnect");
+        Ok(())
+    }
+}
+
+/// Hides a password in a Redis URL for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+impl Broker for RedisBroker {
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        event: &'a str,
+        data: &'a RawValue,
+    ) -> BoxFuture<'a, Result<Position, BrokerError>> {
+        Box::pin(async move {
+            let prefix = MessageFrame::prefix(channel, event, data);
+            let mut conn = self.conn.clone();
+            let mut inv = self.publish.key(meta_key(channel));
+            inv.key(pubsub_channel(channel))
+                .arg(new_epoch())
+                .arg(self.ttl_secs())
+                .arg(prefix);
+            let (epoch, offset): (String, u64) =
+                tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn))
+                    .await
+                    .map_err(|_| unavailable("timed out publishing"))?
+                    .map_err(unavailable)?;
+            Ok(Position {
+                epoch: epoch.into(),
+                offset,
+            })
+        })
+    }
+
+    fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Position, BrokerError>> {
+        Box::pin(async move {
+            let Some(mut sub) = self.current_pubsub() else {
+                return Err(unavailable("Redis pub/sub is not connected"));
+            };
+            self.wanted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(channel.into());
+            let res = async {
+                tokio::time::timeout(self.cfg.timeout, sub.subscribe(pubsub_channel(channel)))
+                    .await
+                    .map_err(|_| unavailable("timed out subscribing"))?
+                    .map_err(unavailable)?;
+                // Read after SUBSCRIBE is confirmed: nothing after this position can be missed.
+                self.read_position(channel).await
+            }
+            .await;
+            if res.is_err() {
+                self.wanted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(channel);
+                let _ = sub.unsubscribe(pubsub_channel(channel)).await;
+            }
+            res
+        })
+    }
+
+    fn unsubscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(async move {
+            self.wanted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(channel);
+            let Some(mut sub) = self.current_pubsub() else {
+                // Down: the reconnect will not resubscribe it, nothing else to do.
+                return Ok(());
+            };
+            tokio::time::timeout(self.cfg.timeout, sub.unsubscribe(pubsub_channel(channel)))
+                .await
+                .map_err(|_| unavailable("timed out unsubscribing"))?
+                .map_err(unavailable)
+        })
+    }
+
+    fn is_ready(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_a_hash_tag() {
+        assert_eq!(meta_key("news:a"), "herald:{news:a}:m");
+        assert_eq!(pubsub_channel("news:a"), "herald:{news:a}");
+        assert_eq!(channel_of("herald:{news:a}"), Some("news:a"));
+        assert_eq!(channel_of("other"), None);
+    }
+
+    #[test]
+    fn payload_parses() {
+        let (o, e, f) = parse_payload(b"42 abc\n{\"op\":\"message\"}").expect("valid");
+        assert_eq!((o, e, f), (42, "abc", &b"{\"op\":\"message\"}"[..]));
+        assert!(parse_payload(b"garbage").is_none());
+        assert!(parse_payload(b"x abc\n{}").is_none());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("redis://:secret@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    }
+}

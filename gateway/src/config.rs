@@ -1,0 +1,406 @@
+//! Configuration: one serde tree, read once at start-up.
+//!
+//! A leaf every layer may use. Sources are layered file → `HERALD_*`
+//! environment → command-line flags (flags and their env twins are parsed by
+//! `main.rs` into [`Overrides`]); [`Config::validate`] runs once, and each
+//! module receives only its own sub-struct.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("unknown environment variable {0}: not a Herald setting (see `herald serve --help`)")]
+    UnknownEnv(String),
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration tree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Shown to clients and in logs; defaults to a random id so two nodes never clash.
+    pub node_id: Option<String>,
+    /// `tracing` filter directive, e.g. `info` or `herald=debug`.
+    pub log: String,
+    pub server: ServerConfig,
+    pub session: SessionConfig,
+    pub broker: BrokerConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            log: "info".to_owned(),
+            server: ServerConfig::default(),
+            session: SessionConfig::default(),
+            broker: BrokerConfig::Memory(MemoryConfig::default()),
+        }
+    }
+}
+
+/// Listeners and process lifecycle.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Public listener: `/ws` and the demo page (plus the admin routes unless `admin_listen` is set).
+    pub listen: SocketAddr,
+    /// When set, the publish API, metrics and probes move here, off the public listener.
+    pub admin_listen: Option<SocketAddr>,
+    /// Open mode (no auth) on a non-loopback address is refused unless this is set.
+    pub allow_open: bool,
+    /// Window over which clients are told to reconnect on SIGTERM, so they do not stampede.
+    #[serde(with = "duration_str")]
+    pub drain_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: None,
+            allow_open: false,
+            drain_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Per-connection behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// A socket that never says `connect` is closed with 4502 after this long.
+    #[serde(with = "duration_str")]
+    pub connect_timeout: Duration,
+    #[serde(with = "duration_str")]
+    pub ping_interval: Duration,
+    /// How long after a server ping the client's pong may take before 4002.
+    #[serde(with = "duration_str")]
+    pub pong_timeout: Duration,
+    /// Largest `data` payload in bytes; a frame larger than this plus an
+    /// envelope allowance is closed with 4503.
+    pub max_payload: usize,
+    /// Frames buffered per connection before it counts as a slow consumer (4001).
+    pub outbound_queue: usize,
+    pub max_subscriptions: usize,
+    /// How long a final `disconnect` + close frame may take to reach a client.
+    #[serde(with = "duration_str")]
+    pub close_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+            max_payload: 64 * 1024,
+            outbound_queue: 1024,
+            max_subscriptions: 256,
+            close_timeout: Duration::from_secs(3),
+        }
+    }
+}
+
+impl SessionConfig {
+    /// Envelope allowance on top of `max_payload` for a whole client frame.
+    pub fn max_frame(&self) -> usize {
+        self.max_payload + 4096
+    }
+}
+
+/// Which broker backend carries publications between nodes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BrokerConfig {
+    /// Single node, nothing else to run.
+    Memory(MemoryConfig),
+    /// Cluster node: every node on the same Redis sees every publication.
+    Redis(RedisConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// A channel nobody subscribes to or publishes on forgets its epoch/offset
+    /// after this long, so millions of one-off channel names do not pile up.
+    #[serde(with = "duration_str")]
+    pub state_ttl: Duration,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            state_ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisConfig {
+    pub url: String,
+    /// Expiry of a channel's epoch/offset key, refreshed by every publish and subscribe.
+    #[serde(with = "duration_str")]
+    pub state_ttl: Duration,
+    /// Bound on every Redis command, so a hung Redis turns into `unavailable` quickly.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            state_ttl: Duration::from_secs(3600),
+            timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Values from flags or their `HERALD_*` env twins; `None` keeps the file's value.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub redis_url: Option<String>,
+    pub node_id: Option<String>,
+    pub allow_open: bool,
+    pub log: Option<String>,
+    pub drain_timeout: Option<Duration>,
+    pub connect_timeout: Option<Duration>,
+    pub ping_interval: Option<Duration>,
+    pub pong_timeout: Option<Duration>,
+    pub max_payload: Option<usize>,
+    pub outbound_queue: Option<usize>,
+    pub max_subscriptions: Option<usize>,
+}
+
+impl Config {
+    /// Parses a TOML document; unknown keys are rejected with their name.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Layers flag/env values over the file's.
+    pub fn apply(&mut self, o: Overrides) {
+        if let Some(v) = o.listen {
+            self.server.listen = v;
+        }
+        if let Some(v) = o.admin_listen {
+            self.server.admin_listen = Some(v);
+        }
+        if let Some(url) = o.redis_url {
+            match &mut self.broker {
+                BrokerConfig::Redis(r) => r.url = url,
+                BrokerConfig::Memory(_) => {
+                    self.broker = BrokerConfig::Redis(RedisConfig {
+                        url,
+                        ..RedisConfig::default()
+                    })
+                }
+            }
+        }
+        if let Some(v) = o.node_id {
+            self.node_id = Some(v);
+        }
+        if o.allow_open {
+            self.server.allow_open = true;
+        }
+        if let Some(v) = o.log {
+            self.log = v;
+        }
+        if let Some(v) = o.drain_timeout {
+            self.server.drain_timeout = v;
+        }
+        let s = &mut self.session;
+        if let Some(v) = o.connect_timeout {
+            s.connect_timeout = v;
+        }
+        if let Some(v) = o.ping_interval {
+            s.ping_interval = v;
+        }
+        if let Some(v) = o.pong_timeout {
+            s.pong_timeout = v;
+        }
+        if let Some(v) = o.max_payload {
+            s.max_payload = v;
+        }
+        if let Some(v) = o.outbound_queue {
+            s.outbound_queue = v;
+        }
+        if let Some(v) = o.max_subscriptions {
+            s.max_subscriptions = v;
+        }
+    }
+
+    /// Checks cross-field rules once, before anything listens.
+    ///
+    /// `open_mode` is true while no authentication is configured.
+    pub fn validate(&self, open_mode: bool) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let s = &self.session;
+        for (name, d) in [
+            ("session.connect_timeout", s.connect_timeout),
+            ("session.ping_interval", s.ping_interval),
+            ("session.pong_timeout", s.pong_timeout),
+            ("session.close_timeout", s.close_timeout),
+        ] {
+            if d.is_zero() {
+                return bad(format!("{name} must be greater than zero"));
+            }
+        }
+        if s.max_payload == 0 || s.max_payload > 16 * 1024 * 1024 {
+            return bad(format!(
+                "session.max_payload must be between 1 and 16777216 bytes, got {}",
+                s.max_payload
+            ));
+        }
+        if s.outbound_queue < 8 {
+            return bad(format!(
+                "session.outbound_queue must be at least 8, got {}",
+                s.outbound_queue
+            ));
+        }
+        if s.max_subscriptions == 0 {
+            return bad("session.max_subscriptions must be at least 1".to_owned());
+        }
+        if let Some(id) = &self.node_id {
+            if id.is_empty() || id.len() > 64 || id.chars().any(|c| c.is_whitespace()) {
+                return bad(format!(
+                    "node_id must be 1-64 characters without whitespace, got {id:?}"
+                ));
+            }
+        }
+        if let BrokerConfig::Redis(r) = &self.broker {
+            if !(r.url.starts_with("redis://")
+                || r.url.starts_with("rediss://")
+                || r.url.starts_with("redis+unix://")
+                || r.url.starts_with("unix://"))
+            {
+                return bad(format!(
+                    "broker.url must start with redis:// (got {:?})",
+                    r.url
+                ));
+            }
+            if r.timeout.is_zero() || r.state_ttl < Duration::from_secs(1) {
+                return bad("broker.timeout and broker.state_ttl must be positive".to_owned());
+            }
+        }
+        if open_mode && !self.server.allow_open && !self.server.listen.ip().is_loopback() {
+            return bad(format!(
+                "refusing to run without authentication on non-loopback address {}; \
+                 pass --allow-open (HERALD_ALLOW_OPEN=true) if you really mean it",
+                self.server.listen
+            ));
+        }
+        if let Some(admin) = self.server.admin_listen {
+            if admin == self.server.listen {
+                return bad("server.admin_listen must differ from server.listen".to_owned());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Rejects `HERALD_*` variables that no flag reads, naming the first one.
+pub fn check_env<'a>(
+    vars: impl Iterator<Item = String>,
+    known: &[&'a str],
+) -> Result<(), ConfigError> {
+    for name in vars {
+        if name.starts_with("HERALD_") && !known.contains(&name.as_str()) {
+            return Err(ConfigError::UnknownEnv(name));
+        }
+    }
+    Ok(())
+}
+
+/// Durations written as humane strings: `"10s"`, `"250ms"`, `"5m"`.
+mod duration_str {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml("[session]\nping_intervall = \"1s\"\n", Path::new("h.toml"))
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("ping_intervall"), "{err}");
+        let err = Config::from_toml("listen = \"127.0.0.1:1\"\n", Path::new("h.toml"))
+            .expect_err("top-level unknown key");
+        assert!(err.to_string().contains("listen"), "{err}");
+    }
+
+    #[test]
+    fn file_then_overrides() {
+        let mut c = Config::from_toml(
+            "node_id = \"a\"\n[server]\nlisten = \"127.0.0.1:9000\"\n[session]\nping_interval = \"5s\"\n[broker]\ntype = \"redis\"\nurl = \"redis://h:1\"\n",
+            Path::new("h.toml"),
+        )
+        .expect("valid");
+        assert_eq!(c.session.ping_interval, Duration::from_secs(5));
+        assert_eq!(c.session.pong_timeout, Duration::from_secs(10));
+        c.apply(Overrides {
+            listen: Some("127.0.0.1:9001".parse().expect("addr")),
+            redis_url: Some("redis://other:2".to_owned()),
+            ..Overrides::default()
+        });
+        assert_eq!(c.server.listen.port(), 9001);
+        assert_eq!(c.node_id.as_deref(), Some("a"));
+        match &c.broker {
+            BrokerConfig::Redis(r) => assert_eq!(r.url, "redis://other:2"),
+            BrokerConfig::Memory(_) => panic!("expected redis"),
+        }
+        c.validate(true).expect("loopback open mode is fine");
+    }
+
+    #[test]
+    fn open_mode_needs_consent_off_loopback() {
+        let mut c = Config::default();
+        c.server.listen = "0.0.0.0:8080".parse().expect("addr");
+        let err = c.validate(true).expect_err("refused");
+        assert!(err.to_string().contains("--allow-open"), "{err}");
+        c.server.allow_open = true;
+        c.validate(true).expect("consented");
+    }
+
+    #[test]
+    fn unknown_env_is_named() {
+        let vars = ["PATH", "HERALD_LISTEN", "HERALD_LISTN"].map(str::to_owned);
+        let err = check_env(vars.into_iter(), &["HERALD_LISTEN"]).expect_err("typo");
+        assert!(err.to_string().contains("HERALD_LISTN"));
+    }
+}

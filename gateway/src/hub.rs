@@ -1,0 +1,475 @@
+//! Hub: this node's index of channel → local sessions, and the fan-out.
+//!
+//! Sits between `session` (which registers [`SessionLink`]s through `node`)
+//! and `broker` (which calls [`Hub`] as its [`Sink`]). Everything here is
+//! synchronous: a sharded `std::sync::Mutex` map, never held across an
+//! `.await`. A publication arrives as one shared [`Bytes`] frame and is
+//! handed to every subscriber with `try_send` (a refcount bump, no copy, no
+//! re-encoding); a full queue closes that one client with 4001 instead of
+//! waiting for it.
+//!
+//! The hub also guards per-channel continuity: it remembers each channel's
+//! epoch and latest offset, drops duplicates, and closes the channel's local
+//! subscribers with 4004 when a gap or an epoch change shows that messages
+//! may have been missed.
+
+use crate::broker::{Position, Sink};
+use crate::metrics::metrics;
+use bytes::Bytes;
+use herald_proto::CloseCode;
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const SHARDS: usize = 64;
+/// Publications held for a channel while its broker subscription is being set up.
+const PENDING_LIMIT: usize = 4096;
+
+/// How a session ends; the first one set wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The server closes: a `disconnect` frame, then a close frame with `code`.
+    Close {
+        code: CloseCode,
+        reason: &'static str,
+    },
+    /// The client sent a close frame: echo it.
+    ClientClosed,
+    /// The connection is gone or broken: nothing more to send.
+    Gone,
+}
+
+/// What the hub (and the rest of the node) holds of a session.
+pub struct SessionLink {
+    pub id: u64,
+    /// The session's bounded outbound queue of complete text-frame payloads.
+    tx: mpsc::Sender<Bytes>,
+    ending: OnceLock<Ending>,
+    closed: CancellationToken,
+}
+
+impl SessionLink {
+    pub fn new(id: u64, tx: mpsc::Sender<Bytes>) -> Self {
+        Self {
+            id,
+            tx,
+            ending: OnceLock::new(),
+            closed: CancellationToken::new(),
+        }
+    }
+
+    /// Queues a frame; a full queue makes this a slow consumer (closed with 4001).
+    /// Returns false when the frame was not queued.
+    pub fn send(&self, frame: Bytes) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.close(CloseCode::SlowConsumer) {
+                    metrics().slow_consumers.inc();
+                    tracing::info!(
+                        session = self.id,
+                        "slow consumer: outbound queue full, closing"
+                    );
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the session to end with `code`. Returns true for the first caller.
+    pub fn close(&self, code: CloseCode) -> bool {
+        self.close_with(code, code.reason())
+    }
+
+    /// Like [`close`](Self::close) with a more specific reason text.
+    pub fn close_with(&self, code: CloseCode, reason: &'static str) -> bool {
+        self.finish(Ending::Close { code, reason })
+    }
+
+    /// Records how the session ends and wakes its writer. True for the first caller.
+    pub fn finish(&self, ending: Ending) -> bool {
+        let first = self.ending.set(ending).is_ok();
+        self.closed.cancel();
+        first
+    }
+
+    pub fn ending(&self) -> Option<Ending> {
+        self.ending.get().copied()
+    }
+
+    /// The close code the server chose, if it chose one.
+    pub fn close_reason(&self) -> Option<CloseCode> {
+        match self.ending.get() {
+            Some(Ending::Close { code, .. }) => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub fn closed(&self) -> &CancellationToken {
+        &self.closed
+    }
+}
+
+enum State {
+    /// Broker subscription in progress: publications are held, not dropped.
+    Pending {
+        held: VecDeque<(Box<str>, u64, Bytes)>,
+        /// Highest offset dropped from `held` because it overflowed.
+        skipped: Option<(Box<str>, u64)>,
+    },
+    Active(Position),
+}
+
+struct Channel {
+    state: State,
+    subs: Vec<Arc<SessionLink>>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Leave {
+    /// The session was not subscribed.
+    NotSubscribed,
+    /// Others remain on this node.
+    Remaining,
+    /// That was the last local subscriber: the broker subscription should go.
+    LastOut,
+}
+
+pub struct Hub {
+    shards: Box<[Mutex<HashMap<Arc<str>, Channel>>]>,
+    hasher: RandomState,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<Arc<str>, Channel>> {
+        let i = (self.hasher.hash_one(channel) as usize) % SHARDS;
+        self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `link` to an already active channel; `on_added` runs under the
+    /// shard lock so its reply is queued before any later publication.
+    /// Returns false when the channel is not active here (slow path needed).
+    pub fn try_join(
+        &self,
+        channel: &str,
+        link: &Arc<SessionLink>,
+        on_added: impl FnOnce(&Position),
+    ) -> bool {
+        let mut map = self.shard(channel);
+        let Some(ch) = map.get_mut(channel) else {
+            return false;
+        };
+        let State::Active(pos) = &ch.state else {
+            return false;
+        };
+        if !ch.subs.iter().any(|s| s.id == link.id) {
+            ch.subs.push(Arc::clone(link));
+            metrics().subscriptions.inc();
+        }
+        on_added(pos);
+        true
+    }
+
+    /// Starts holding publications of `channel` before its broker subscription.
+    pub fn prepare(&self, channel: &str) {
+        let mut map = self.shard(channel);
+        if !map.contains_key(channel) {
+            map.insert(
+                channel.into(),
+                Channel {
+                    state: State::Pending {
+                        held: VecDeque::new(),
+                        skipped: None,
+                    },
+                    subs: Vec::new(),
+                },
+            );
+            metrics().channels.inc();
+        }
+    }
+
+    /// Completes a subscription: the broker reported `pos` after delivery
+    /// started. Held publications after `pos` are delivered in order, after
+    /// `on_added` queued the reply.
+    pub fn activate(
+        &self,
+        channel: &str,
+        mut pos: Position,
+        link: &Arc<SessionLink>,
+        on_added: impl FnOnce(&Position),
+    ) {
+        let mut map = self.shard(channel);
+        let Some(ch) = map.get_mut(channel) else {
+            return;
+        };
+        let held = match std::mem::replace(&mut ch.state, State::Active(pos.clone())) {
+            State::Pending { held, skipped } => {
+                if let Some((epoch, offset)) = skipped {
+                    if *epoch == *pos.epoch && offset > pos.offset {
+                        pos.offset = offset;
+                        ch.state = State::Active(pos.clone());
+                    }
+                }
+                held
+            }
+            State::Active(_) => VecDeque::new(),
+        };
+        if !ch.subs.iter().any(|s| s.id == link.id) {
+            ch.subs.push(Arc::clone(link));
+            metrics().subscriptions.inc();
+        }
+        on_added(&pos);
+        for (epoch, offset, frame) in held {
+            Self::deliver_locked(ch, &epoch, offset, frame);
+        }
+    }
+
+    /// Drops a pending channel whose broker subscription failed.
+    pub fn abort(&self, channel: &str) {
+        let mut map = self.shard(channel);
+        if map
+            .get(channel)
+            .is_some_and(|c| c.subs.is_empty() && matches!(c.state, State::Pending { .. }))
+        {
+            map.remove(channel);
+            metrics().channels.dec();
+        }
+    }
+
+    /// Removes a session from a channel.
+    pub fn leave(&self, channel: &str, session: u64) -> Leave {
+        let mut map = self.shard(channel);
+        let Some(ch) = map.get_mut(channel) else {
+            return Leave::NotSubscribed;
+        };
+        let Some(i) = ch.subs.iter().position(|s| s.id == session) else {
+            return Leave::NotSubscribed;
+        };
+        ch.subs.swap_remove(i);
+        metrics().subscriptions.dec();
+        if ch.subs.is_empty() {
+            map.remove(channel);
+            metrics().channels.dec();
+            Leave::LastOut
+        } else {
+            Leave::Remaining
+        }
+    }
+
+    /// Local subscriber count of `channel`, for tests and introspection.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.shard(channel).get(channel).map_or(0, |c| c.subs.len())
+    }
+
+    fn deliver_locked(ch: &mut Channel, epoch: &str, offset: u64, frame: Bytes) {
+        let State::Active(pos) = &mut ch.state else {
+            return;
+        };
+        if *pos.epoch != *epoch {
+            // The channel's state was lost and restarted: whatever subscribers
+            // knew no longer lines up.
+            Self::reset(ch, epoch, offset, "epoch_changed");
+            return;
+        }
+        if offset <= pos.offset {
+            metrics().dropped.with_label_values(&["duplicate"]).inc();
+            return;
+        }
+        if offset != pos.offset + 1 {
+            Self::reset(ch, epoch, offset, "gap");
+            return;
+        }
+        pos.offset = offset;
+        let mut sent = 0u64;
+        let mut dropped = 0u64;
+        for s in &ch.subs {
+            if s.send(frame.clone()) {
+                sent += 1;
+            } else {
+                dropped += 1;
+            }
+        }
+        metrics().delivered.inc_by(sent);
+        if dropped > 0 {
+            metrics()
+                .dropped
+                .with_label_values(&["slow_consumer"])
+                .inc_by(dropped);
+        }
+    }
+
+    /// Closes every local subscriber of the channel with 4004 and restarts
+    /// tracking from the given position.
+    fn reset(ch: &mut Channel, epoch: &str, offset: u64, reason: &'static str) {
+        tracing::warn!(
+            reason,
+            subscribers = ch.subs.len(),
+            "channel continuity lost; closing its subscribers with 4004"
+        );
+        metrics().state_resets.with_label_values(&[reason]).inc();
+        for s in &ch.subs {
+            s.close(CloseCode::InsufficientState);
+        }
+        ch.state = State::Active(Position {
+            epoch: epoch.into(),
+            offset,
+        });
+    }
+}
+
+impl Sink for Hub {
+    fn publication(&self, channel: &str, epoch: &str, offset: u64, frame: Bytes) {
+        let mut map = self.shard(channel);
+        let Some(ch) = map.get_mut(channel) else {
+            metrics()
+                .dropped
+                .with_label_values(&["no_subscribers"])
+                .inc();
+            return;
+        };
+        match &mut ch.state {
+            State::Pending { held, skipped } => {
+                if held.len() >= PENDING_LIMIT {
+                    if let Some((e, o, _)) = held.pop_front() {
+                        *skipped = Some((e, o));
+                    }
+                }
+                held.push_back((epoch.into(), offset, frame));
+            }
+            State::Active(_) => Self::deliver_locked(ch, epoch, offset, frame),
+        }
+    }
+
+    fn resync(&self, channel: &str, now: &Position) {
+        let mut map = self.shard(channel);
+        let Some(ch) = map.get_mut(channel) else {
+            return;
+        };
+        let State::Active(pos) = &ch.state else {
+            return;
+        };
+        if pos.epoch != now.epoch {
+            Self::reset(ch, &now.epoch, now.offset, "epoch_changed");
+        } else if now.offset > pos.offset {
+            Self::reset(ch, &now.epoch, now.offset, "missed_while_disconnected");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(id: u64, cap: usize) -> (Arc<SessionLink>, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (Arc::new(SessionLink::new(id, tx)), rx)
+    }
+
+    fn pos(e: &str, o: u64) -> Position {
+        Position {
+            epoch: e.into(),
+            offset: o,
+        }
+    }
+
+    fn frame(o: u64) -> Bytes {
+        Bytes::from(o.to_string())
+    }
+
+    #[test]
+    fn held_publications_after_the_start_position_follow_the_reply() {
+        let hub = Hub::new();
+        let (a, mut rx) = link(1, 16);
+        hub.prepare("c");
+        for o in 4..=7 {
+            hub.publication("c", "E", o, frame(o));
+        }
+        hub.activate("c", pos("E", 5), &a, |p| {
+            assert!(a.send(Bytes::from(format!("reply {}", p.offset))));
+        });
+        let got: Vec<Bytes> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(got, vec![Bytes::from("reply 5"), frame(6), frame(7)]);
+    }
+
+    #[test]
+    fn full_queue_closes_only_the_slow_subscriber() {
+        let hub = Hub::new();
+        let (slow, _keep_rx) = link(1, 2);
+        let (fast, mut fast_rx) = link(2, 64);
+        hub.prepare("c");
+        hub.activate("c", pos("E", 0), &slow, |_| {});
+        assert!(hub.try_join("c", &fast, |_| {}));
+        for o in 1..=5 {
+            hub.publication("c", "E", o, frame(o));
+            while fast_rx.try_recv().is_ok() {}
+        }
+        assert_eq!(slow.close_reason(), Some(CloseCode::SlowConsumer));
+        assert_eq!(fast.close_reason(), None);
+    }
+
+    #[test]
+    fn duplicates_dropped_gaps_and_epoch_changes_close_with_4004() {
+        let hub = Hub::new();
+        let (a, mut rx) = link(1, 64);
+        hub.prepare("c");
+        hub.activate("c", pos("E", 10), &a, |_| {});
+        hub.publication("c", "E", 9, frame(9));
+        hub.publication("c", "E", 11, frame(11));
+        assert_eq!(rx.try_recv().ok(), Some(frame(11)));
+        assert!(rx.try_recv().is_err(), "duplicate 9 dropped");
+        assert_eq!(a.close_reason(), None);
+        hub.publication("c", "E", 13, frame(13));
+        assert_eq!(a.close_reason(), Some(CloseCode::InsufficientState));
+
+        let (b, _rx) = link(2, 64);
+        hub.prepare("d");
+        hub.activate("d", pos("E", 1), &b, |_| {});
+        hub.publication("d", "F", 1, frame(1));
+        assert_eq!(b.close_reason(), Some(CloseCode::InsufficientState));
+    }
+
+    #[test]
+    fn resync_closes_only_when_something_was_missed() {
+        let hub = Hub::new();
+        let (a, _rx) = link(1, 64);
+        hub.prepare("c");
+        hub.activate("c", pos("E", 3), &a, |_| {});
+        hub.resync("c", &pos("E", 3));
+        assert_eq!(a.close_reason(), None);
+        hub.resync("c", &pos("E", 4));
+        assert_eq!(a.close_reason(), Some(CloseCode::InsufficientState));
+    }
+
+    #[test]
+    fn last_out_is_reported_once() {
+        let hub = Hub::new();
+        let (a, _ra) = link(1, 4);
+        let (b, _rb) = link(2, 4);
+        hub.prepare("c");
+        hub.activate("c", pos("E", 0), &a, |_| {});
+        assert!(hub.try_join("c", &b, |_| {}));
+        assert!(hub.try_join("c", &b, |_| {}), "idempotent");
+        assert_eq!(hub.subscriber_count("c"), 2);
+        assert_eq!(hub.leave("c", 1), Leave::Remaining);
+        assert_eq!(hub.leave("c", 1), Leave::NotSubscribed);
+        assert_eq!(hub.leave("c", 2), Leave::LastOut);
+        assert!(!hub.try_join("c", &a, |_| {}), "gone");
+    }
+}

@@ -1,0 +1,24 @@
+//! Herald: a horizontally scalable pub/sub notification gateway.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! session ──> node ──> broker (memory | redis) ──> hub ──> sessions
+//!    api  ──┘        (assigns epoch/offset)      (fan-out of one shared frame)
+//! ```
+//!
+//! - [`session`]: one reader/writer task pair per WebSocket, bounded outbound queue.
+//! - [`hub`]: this node's channel → sessions index and fan-out; synchronous.
+//! - [`node`]: first/last local subscriber ↔ broker subscribe/unsubscribe.
+//! - [`broker`]: publish + position assignment, atomic per channel.
+//! - [`api`]: HTTP publish API; [`server`]: listeners and lifecycle.
+//! - [`config`], [`metrics`]: leaves every layer may use.
+
+pub mod api;
+pub mod broker;
+pub mod config;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod server;
+pub mod session;

@@ -1,0 +1,254 @@
+//! `herald`: the gateway binary (`serve`) and operator tools (`publish`).
+
+use anyhow::{Context, bail};
+use clap::{ArgAction, CommandFactory, Parser, Subcommand};
+use herald::config::{self, Config, Overrides};
+use herald::server::Server;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "herald",
+    version,
+    about = "Pub/sub notification gateway over WebSocket"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a gateway node (embedded broker, or a cluster node with --redis-url).
+    Serve(Box<ServeArgs>),
+    /// Publish one event through a node's HTTP API.
+    Publish(PublishArgs),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Every flag has a `HERALD_*` twin; flags win over env, env over the file.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file.
+    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Public listener (WebSocket and demo page) [default: 127.0.0.1:8080].
+    #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Separate listener for the API, /metrics and probes.
+    #[arg(long, env = "HERALD_ADMIN_LISTEN", value_name = "ADDR")]
+    admin_listen: Option<SocketAddr>,
+    /// Redis URL: makes this node a cluster node.
+    #[arg(long, env = "HERALD_REDIS_URL", value_name = "URL")]
+    redis_url: Option<String>,
+    /// Node id shown to clients [default: random].
+    #[arg(long, env = "HERALD_NODE_ID", value_name = "ID")]
+    node_id: Option<String>,
+    /// Allow open mode (no authentication) on a non-loopback address.
+    #[arg(long, env = "HERALD_ALLOW_OPEN", action = ArgAction::SetTrue)]
+    allow_open: bool,
+    /// Log filter, e.g. `info` or `herald=debug`.
+    #[arg(long, env = "HERALD_LOG", value_name = "FILTER")]
+    log: Option<String>,
+    /// Window over which clients are told to reconnect on shutdown [default: 10s].
+    #[arg(long, env = "HERALD_DRAIN_TIMEOUT", value_parser = duration, value_name = "DURATION")]
+    drain_timeout: Option<Duration>,
+    /// Close sockets that send no `connect` within this long [default: 10s].
+    #[arg(long, env = "HERALD_CONNECT_TIMEOUT", value_parser = duration, value_name = "DURATION")]
+    connect_timeout: Option<Duration>,
+    /// Server ping period [default: 25s].
+    #[arg(long, env = "HERALD_PING_INTERVAL", value_parser = duration, value_name = "DURATION")]
+    ping_interval: Option<Duration>,
+    /// Time allowed for a pong [default: 10s].
+    #[arg(long, env = "HERALD_PONG_TIMEOUT", value_parser = duration, value_name = "DURATION")]
+    pong_timeout: Option<Duration>,
+    /// Largest `data` payload in bytes [default: 65536].
+    #[arg(long, env = "HERALD_MAX_PAYLOAD", value_name = "BYTES")]
+    max_payload: Option<usize>,
+    /// Outbound frames queued per connection before it is a slow consumer [default: 1024].
+    #[arg(long, env = "HERALD_OUTBOUND_QUEUE", value_name = "FRAMES")]
+    outbound_queue: Option<usize>,
+    /// Subscriptions allowed per connection [default: 256].
+    #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS", value_name = "N")]
+    max_subscriptions: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct PublishArgs {
+    channel: String,
+    event: String,
+    /// JSON payload, e.g. '{"text":"hi"}'.
+    data: String,
+    /// Base URL of a node's API listener.
+    #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.cmd {
+        Cmd::Serve(args) => rt.block_on(serve(*args)),
+        Cmd::Publish(args) => rt.block_on(publish(args)),
+    }
+}
+
+fn known_env() -> Vec<String> {
+    let cmd = Cli::command();
+    cmd.get_subcommands()
+        .flat_map(|s| s.get_arguments())
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect()
+}
+
+async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let known = known_env();
+    let known: Vec<&str> = known.iter().map(String::as_str).collect();
+    config::check_env(std::env::vars().map(|(k, _)| k), &known)?;
+    let mut cfg = match &a.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    cfg.apply(Overrides {
+        listen: a.listen,
+        admin_listen: a.admin_listen,
+        redis_url: a.redis_url,
+        node_id: a.node_id,
+        allow_open: a.allow_open,
+        log: a.log,
+        drain_timeout: a.drain_timeout,
+        connect_timeout: a.connect_timeout,
+        ping_interval: a.ping_interval,
+        pong_timeout: a.pong_timeout,
+        max_payload: a.max_payload,
+        outbound_queue: a.outbound_queue,
+        max_subscriptions: a.max_subscriptions,
+    });
+    // No authentication exists yet, so every node runs in open mode.
+    let open_mode = true;
+    cfg.validate(open_mode)?;
+
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
+        .with_context(|| format!("invalid log filter {:?}", cfg.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let node_id = cfg.node_id.clone().unwrap_or_else(|| {
+        let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
+            .take(6)
+            .collect();
+        format!("herald-{suffix}")
+    });
+    let shutdown = CancellationToken::new();
+    let server = Server::bind(&cfg, node_id.clone(), shutdown.clone()).await?;
+    let public = server.public_addr()?;
+    let admin = server.admin_addr().transpose()?;
+    if open_mode {
+        tracing::warn!(
+            "OPEN MODE: no authentication is configured; anyone who can reach {public} may connect, \
+             subscribe to any channel and emit. Use only for development."
+        );
+    }
+    let broker = match &cfg.broker {
+        config::BrokerConfig::Memory(_) => "memory",
+        config::BrokerConfig::Redis(_) => "redis",
+    };
+    tracing::info!(node = %node_id, %public, admin = ?admin, broker, "herald listening");
+    // One machine-readable line on stdout, for scripts and tests.
+    match admin {
+        Some(ad) => println!("herald listening public={public} admin={ad} node={node_id}"),
+        None => println!("herald listening public={public} admin={public} node={node_id}"),
+    }
+
+    let sd = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        sd.cancel();
+    });
+    server.run().await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Minimal HTTP/1.1 POST over hyper's client connection: no TLS, no pooling,
+/// enough for an operator tool talking to an internal listener.
+async fn publish(a: PublishArgs) -> anyhow::Result<()> {
+    let data: serde_json::Value = serde_json::from_str(&a.data)
+        .with_context(|| format!("DATA is not valid JSON: {}", a.data))?;
+    let body = serde_json::json!({"channel": a.channel, "event": a.event, "data": data});
+    let (status, text) = http_post(&a.url, "/api/v1/publish", &body.to_string()).await?;
+    if status.is_success() {
+        println!("{text}");
+        Ok(())
+    } else {
+        bail!("{status}: {text}")
+    }
+}
+
+async fn http_post(
+    base: &str,
+    path: &str,
+    body: &str,
+) -> anyhow::Result<(hyper::StatusCode, String)> {
+    use http_body_util::{BodyExt, Full};
+    let rest = base
+        .strip_prefix("http://")
+        .with_context(|| format!("--url must start with http:// (got {base})"))?;
+    let (authority, prefix) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].trim_end_matches('/')),
+        None => (rest, ""),
+    };
+    let addr = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:80")
+    };
+    let stream = tokio::net::TcpStream::connect(&addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post(format!("{prefix}{path}"))
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_owned())))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    Ok((
+        status,
+        String::from_utf8_lossy(&bytes).trim_end().to_owned(),
+    ))
+}

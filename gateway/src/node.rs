@@ -1,0 +1,253 @@
+//! Node: turns local subscriptions into broker subscriptions.
+//!
+//! Sits between `session`/`api` above and `hub` + `broker` below. The first
+//! local subscriber of a channel makes the node subscribe through the broker,
+//! the last one leaving unsubscribes; a per-channel async lock serialises
+//! those transitions so a channel is never half subscribed. Publishing (from
+//! clients or the API) goes node → broker, never straight into the hub, so
+//! every publication gets its position and reaches every node the same way.
+
+use crate::broker::{Broker, BrokerError, Position};
+use crate::hub::{Hub, Leave, SessionLink};
+use crate::metrics::metrics;
+use serde_json::value::RawValue;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::OwnedMutexGuard;
+
+/// Who published, for the `source` metric label.
+#[derive(Debug, Clone, Copy)]
+pub enum Source {
+    Api,
+    Client,
+}
+
+impl Source {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Api => "api",
+            Self::Client => "client",
+        }
+    }
+}
+
+pub struct Node {
+    pub id: String,
+    pub hub: Arc<Hub>,
+    broker: Arc<dyn Broker>,
+    locks: ChannelLocks,
+}
+
+impl Node {
+    pub fn new(id: String, hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Self {
+        Self {
+            id,
+            hub,
+            broker,
+            locks: ChannelLocks::default(),
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.broker.is_ready()
+    }
+
+    /// Subscribes `link` to `channel`. `on_added` runs exactly once on
+    /// success, before any publication reaches the link, with the position
+    /// the subscription starts after.
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+        link: &Arc<SessionLink>,
+        on_added: impl FnOnce(&Position),
+    ) -> Result<(), BrokerError> {
+        // Fast path: the channel is already live on this node.
+        let mut on_added = Some(on_added);
+        let mut call = |p: &Position| {
+            if let Some(f) = on_added.take() {
+                f(p);
+            }
+        };
+        if self.hub.try_join(channel, link, &mut call) {
+            return Ok(());
+        }
+        let _guard = self.locks.lock(channel).await;
+        if self.hub.try_join(channel, link, &mut call) {
+            return Ok(());
+        }
+        self.hub.prepare(channel);
+        let span = tracing::debug_span!("broker_subscribe");
+        let res = tracing::Instrument::instrument(self.broker.subscribe(channel), span).await;
+        match res {
+            Ok(pos) => {
+                self.hub.activate(channel, pos, link, &mut call);
+                Ok(())
+            }
+            Err(e) => {
+                self.hub.abort(channel);
+                metrics()
+                    .broker_errors
+                    .with_label_values(&["subscribe"])
+                    .inc();
+                tracing::warn!(error = %e, "broker subscribe failed");
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes `session` from `channel`; the last local subscriber out
+    /// unsubscribes the node from the broker.
+    pub async fn unsubscribe(&self, channel: &str, session: u64) {
+        let _guard = self.locks.lock(channel).await;
+        if self.hub.leave(channel, session) == Leave::LastOut {
+            if let Err(e) = self.broker.unsubscribe(channel).await {
+                metrics()
+                    .broker_errors
+                    .with_label_values(&["unsubscribe"])
+                    .inc();
+                tracing::warn!(error = %e, "broker unsubscribe failed");
+            }
+        }
+    }
+
+    /// Publishes through the broker; the returned position is the one every
+    /// subscriber will see.
+    pub async fn publish(
+        &self,
+        channel: &str,
+        event: &str,
+        data: &RawValue,
+        source: Source,
+    ) -> Result<Position, BrokerError> {
+        match self.broker.publish(channel, event, data).await {
+            Ok(p) => {
+                metrics()
+                    .published
+                    .with_label_values(&[source.label()])
+                    .inc();
+                Ok(p)
+            }
+            Err(e) => {
+                metrics()
+                    .broker_errors
+                    .with_label_values(&["publish"])
+                    .inc();
+                tracing::warn!(error = %e, source = source.label(), "publish failed");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Async locks per channel name, created on demand and dropped when unused.
+#[derive(Default)]
+struct ChannelLocks {
+    map: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+struct ChannelLockGuard<'a> {
+    locks: &'a ChannelLocks,
+    name: Arc<str>,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl ChannelLocks {
+    async fn lock(&self, channel: &str) -> ChannelLockGuard<'_> {
+        let (name, mutex) = {
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            match map.get_key_value(channel) {
+                Some((k, m)) => (Arc::clone(k), Arc::clone(m)),
+                None => {
+                    let k: Arc<str> = channel.into();
+                    let m = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(Arc::clone(&k), Arc::clone(&m));
+                    (k, m)
+                }
+            }
+        };
+        let guard = mutex.lock_owned().await;
+        ChannelLockGuard {
+            locks: self,
+            name,
+            guard: Some(guard),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+impl Drop for ChannelLockGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut map = self.locks.map.lock().unwrap_or_else(|e| e.into_inner());
+        // Only the map still holds it: nobody is waiting, forget the lock.
+        if map
+            .get(&self.name)
+            .is_some_and(|m| Arc::strong_count(m) == 1)
+        {
+            map.remove(&self.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::memory::MemoryBroker;
+    use crate::config::MemoryConfig;
+    use bytes::Bytes;
+    use tokio::sync::mpsc;
+    use tokio_util::sync::CancellationToken;
+
+    #[tokio::test]
+    async fn concurrent_subscribers_share_one_broker_subscription() {
+        let hub = Arc::new(Hub::new());
+        let broker = MemoryBroker::start(
+            &MemoryConfig::default(),
+            hub.clone(),
+            CancellationToken::new(),
+        );
+        let node = Arc::new(Node::new("n".into(), hub.clone(), broker));
+        let mut rxs = Vec::new();
+        let mut tasks = Vec::new();
+        for id in 0..50u64 {
+            let (tx, rx) = mpsc::channel::<Bytes>(64);
+            rxs.push(rx);
+            let node = node.clone();
+            tasks.push(tokio::spawn(async move {
+                let link = Arc::new(SessionLink::new(id, tx));
+                let mut got = None;
+                node.subscribe("c", &link, |p| got = Some(p.offset))
+                    .await
+                    .expect("subscribe");
+                (link, got.expect("on_added ran"))
+            }));
+        }
+        let mut links = Vec::new();
+        for t in tasks {
+            links.push(t.await.expect("task").0);
+        }
+        assert_eq!(hub.subscriber_count("c"), 50);
+        assert_eq!(node.locks.len(), 0, "locks are dropped when idle");
+        let data = RawValue::from_string("1".into()).expect("json");
+        node.publish("c", "e", &data, Source::Api)
+            .await
+            .expect("publish");
+        for rx in &mut rxs {
+            assert!(rx.try_recv().is_ok(), "every subscriber got the frame");
+        }
+        for l in &links {
+            node.unsubscribe("c", l.id).await;
+        }
+        assert_eq!(hub.subscriber_count("c"), 0);
+        node.publish("c", "e", &data, Source::Api)
+            .await
+            .expect("publish");
+        for rx in &mut rxs {
+            assert!(rx.try_recv().is_err(), "nobody receives after unsubscribe");
+        }
+    }
+}

@@ -1,0 +1,218 @@
+//! Server: wires the layers together and owns the listeners and lifecycle.
+//!
+//! Builds hub → broker → node once, mounts `/ws` + the demo page on the
+//! public listener and the API, metrics and probes on the admin listener (or
+//! the public one when no admin listener is configured), and runs until
+//! SIGTERM/SIGINT, then drains: stop accepting, tell every client to
+//! reconnect (4000) spread over `drain_timeout`, wait for sessions, return.
+
+use crate::api::{self, ApiState};
+use crate::broker::memory::MemoryBroker;
+use crate::broker::redis::RedisBroker;
+use crate::broker::{Broker, BrokerError};
+use crate::config::{BrokerConfig, Config};
+use crate::hub::Hub;
+use crate::metrics::metrics;
+use crate::node::Node;
+use crate::session::{self, SessionCtx};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use fastwebsockets::upgrade::IncomingUpgrade;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const DEMO_PAGE: &str = include_str!("../assets/demo.html");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+#[derive(Clone)]
+struct AppState {
+    node: Arc<Node>,
+    sessions: Arc<SessionCtx>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+/// A node ready to serve: listeners bound, broker started.
+pub struct Server {
+    public: TcpListener,
+    admin: Option<TcpListener>,
+    state: AppState,
+    max_payload: usize,
+    close_timeout: Duration,
+}
+
+impl Server {
+    /// Binds the listeners and starts the broker; `shutdown` begins the drain.
+    pub async fn bind(
+        cfg: &Config,
+        node_id: String,
+        shutdown: CancellationToken,
+    ) -> Result<Self, ServerError> {
+        let hub = Arc::new(Hub::new());
+        let broker: Arc<dyn Broker> = match &cfg.broker {
+            BrokerConfig::Memory(m) => MemoryBroker::start(m, hub.clone(), shutdown.clone()),
+            BrokerConfig::Redis(r) => RedisBroker::start(r, hub.clone(), shutdown.clone())?,
+        };
+        let node = Arc::new(Node::new(node_id, hub, broker));
+        let sessions = Arc::new(SessionCtx {
+            node: node.clone(),
+            cfg: cfg.session.clone(),
+            shutdown: shutdown.clone(),
+            drain: cfg.server.drain_timeout,
+        });
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })
+        };
+        let public = bind(cfg.server.listen).await?;
+        let admin = match cfg.server.admin_listen {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        Ok(Self {
+            public,
+            admin,
+            state: AppState {
+                node,
+                sessions,
+                tracker: TaskTracker::new(),
+                shutdown,
+            },
+            max_payload: cfg.session.max_payload,
+            close_timeout: cfg.session.close_timeout,
+        })
+    }
+
+    pub fn public_addr(&self) -> std::io::Result<SocketAddr> {
+        self.public.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> Option<std::io::Result<SocketAddr>> {
+        self.admin.as_ref().map(TcpListener::local_addr)
+    }
+
+    /// Serves until shutdown, then drains sessions for up to `drain_timeout`.
+    pub async fn run(self) {
+        let st = self.state;
+        let api_state = ApiState {
+            node: st.node.clone(),
+            max_payload: self.max_payload,
+        };
+        let admin_routes = Router::new()
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_text))
+            .with_state(st.clone())
+            .merge(
+                Router::new()
+                    .route("/api/v1/publish", post(api::publish))
+                    .route("/api/v1/broadcast", post(api::broadcast))
+                    .with_state(api_state),
+            );
+        let public_routes = Router::new()
+            .route("/", get(|| async { Html(DEMO_PAGE) }))
+            .route("/ws", get(ws_upgrade))
+            .with_state(st.clone());
+        let (public_app, admin_app) = match self.admin {
+            Some(l) => (
+                public_routes.fallback(not_found),
+                Some((l, admin_routes.fallback(not_found))),
+            ),
+            None => (public_routes.merge(admin_routes).fallback(not_found), None),
+        };
+        let mut servers = Vec::new();
+        let sd = st.shutdown.clone();
+        servers.push(tokio::spawn(async move {
+            let _ = axum::serve(self.public, public_app)
+                .with_graceful_shutdown(sd.cancelled_owned())
+                .await;
+        }));
+        if let Some((l, app)) = admin_app {
+            // The admin side keeps answering probes and metrics during the drain.
+            let sd = st.shutdown.clone();
+            let tracker = st.tracker.clone();
+            servers.push(tokio::spawn(async move {
+                let _ = axum::serve(l, app)
+                    .with_graceful_shutdown(async move {
+                        sd.cancelled().await;
+                        tracker.wait().await;
+                    })
+                    .await;
+            }));
+        }
+        st.shutdown.cancelled().await;
+        let drain = st.sessions.drain;
+        tracing::info!(sessions = metrics().connections.get(), ?drain, "draining");
+        st.tracker.close();
+        let limit = drain + self.close_timeout + Duration::from_secs(1);
+        if tokio::time::timeout(limit, st.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(left = st.tracker.len(), "drain timed out; closing the rest");
+        }
+        for s in servers {
+            s.abort();
+        }
+        tracing::info!("stopped");
+    }
+}
+
+async fn ws_upgrade(State(st): State<AppState>, upgrade: IncomingUpgrade) -> Response {
+    if st.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let (resp, fut) = match upgrade.upgrade() {
+        Ok(x) => x,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let ctx = st.sessions.clone();
+    st.tracker.spawn(async move {
+        match fut.await {
+            Ok(ws) => session::run(ws, ctx).await,
+            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+        }
+    });
+    resp.into_response()
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    if st.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if !st.node.is_ready() {
+        (StatusCode::SERVICE_UNAVAILABLE, "broker unavailable\n").into_response()
+    } else {
+        "ready\n".into_response()
+    }
+}
+
+async fn metrics_text() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        metrics().render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    let body = serde_json::json!({"error": {"code": "not_found", "message": "no such route"}});
+    (StatusCode::NOT_FOUND, axum::Json(body)).into_response()
+}

@@ -1,0 +1,555 @@
+//! Session: one WebSocket connection, speaking protocol v1.
+//!
+//! Top of the data flow. Each connection is a task pair:
+//! - the **reader** (this task) decodes frames and runs commands against
+//!   `node`, one at a time, in arrival order;
+//! - the **writer** owns the socket's write half and the session's bounded
+//!   outbound queue, batches queued frames into few writes, sends heartbeats,
+//!   enforces the connect and pong deadlines, and writes the final
+//!   `disconnect` + close frame whatever the reason.
+//!
+//! `read_frame` is not cancel-safe, so it is never raced in a `select!`: the
+//! read half is wrapped in [`CancelRead`], which turns a cancellation into an
+//! I/O error that `read_frame` returns normally.
+
+use crate::config::SessionConfig;
+use crate::hub::{Ending, SessionLink};
+use crate::metrics::metrics;
+use crate::node::{Node, Source};
+use bytes::Bytes;
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket, WebSocketError};
+use herald_proto::{CloseCode, Command, ErrorCode, Reply, validate_channel, validate_event};
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use serde_json::value::RawValue;
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, WriteHalf};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tracing::Instrument;
+
+type Io = TokioIo<Upgraded>;
+
+/// What every session of a node shares.
+pub struct SessionCtx {
+    pub node: Arc<Node>,
+    pub cfg: SessionConfig,
+    /// Cancelled on SIGTERM/SIGINT: sessions then leave within `drain`.
+    pub shutdown: CancellationToken,
+    pub drain: Duration,
+}
+
+/// Flags the reader sets and the writer reads.
+#[derive(Default)]
+struct Shared {
+    connected: AtomicBool,
+    pong_seen: AtomicBool,
+}
+
+/// Largest batch of queued frames coalesced into one write.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Runs one connection to its end.
+pub async fn run(ws: WebSocket<Io>, ctx: Arc<SessionCtx>) {
+    let m = metrics();
+    m.connections.inc();
+    let id = fastrand::u64(..);
+    let span = tracing::debug_span!("session", id = %format_args!("{id:016x}"));
+    async move {
+        let (r, w) = tokio::io::split(ws.into_inner());
+        let read_stop = CancellationToken::new();
+        let (mut reader, _) = fastwebsockets::after_handshake_split(
+            CancelRead::new(r, read_stop.clone()),
+            tokio::io::sink(),
+            Role::Server,
+        );
+        reader.set_max_message_size(ctx.cfg.max_frame());
+        let (tx, rx) = mpsc::channel(ctx.cfg.outbound_queue);
+        let (pong_tx, pong_rx) = mpsc::channel(4);
+        let link = Arc::new(SessionLink::new(id, tx));
+        let shared = Arc::new(Shared::default());
+        let writer = tokio::spawn(
+            Writer {
+                w,
+                rx,
+                pong_rx,
+                link: Arc::clone(&link),
+                shared: Arc::clone(&shared),
+                ctx: Arc::clone(&ctx),
+                read_stop: read_stop.clone(),
+                buf: Vec::new(),
+            }
+            .run()
+            .in_current_span(),
+        );
+        let mut r = Reader {
+            link: Arc::clone(&link),
+            shared,
+            ctx: Arc::clone(&ctx),
+            subs: HashSet::new(),
+            session: format!("{id:016x}"),
+        };
+        r.run(&mut reader, pong_tx).await;
+        read_stop.cancel();
+        link.finish(Ending::Gone);
+        let _ = writer.await;
+        for ch in r.subs.drain() {
+            ctx.node.unsubscribe(&ch, id).await;
+        }
+        tracing::debug!(ending = ?link.ending(), "session ended");
+    }
+    .instrument(span)
+    .await;
+    m.connections.dec();
+}
+
+struct Reader {
+    link: Arc<SessionLink>,
+    shared: Arc<Shared>,
+    ctx: Arc<SessionCtx>,
+    subs: HashSet<Box<str>>,
+    session: String,
+}
+
+impl Reader {
+    async fn run(
+        &mut self,
+        ws: &mut fastwebsockets::WebSocketRead<CancelRead<tokio::io::ReadHalf<Io>>>,
+        pong_tx: mpsc::Sender<Bytes>,
+    ) {
+        // Pongs for WebSocket-level pings go to the writer; close frames are
+        // answered by the writer when the session ends.
+        let mut obligated = |f: Frame<'_>| {
+            if f.opcode == OpCode::Pong {
+                let _ = pong_tx.try_send(Bytes::copy_from_slice(&f.payload));
+            }
+            std::future::ready(Ok::<(), std::convert::Infallible>(()))
+        };
+        let max_frame = self.ctx.cfg.max_frame();
+        let mut fragments: Option<Vec<u8>> = None;
+        loop {
+            let frame = match ws.read_frame(&mut obligated).await {
+                Ok(f) => f,
+                Err(e) => {
+                    self.read_error(e);
+                    return;
+                }
+            };
+            if self.link.closed().is_cancelled() {
+                // Closing: keep draining the socket (so our close frame is not
+                // lost to a reset) until the client's close or EOF.
+                if frame.opcode == OpCode::Close {
+                    return;
+                }
+                continue;
+            }
+            match frame.opcode {
+                OpCode::Text if frame.fin => match std::str::from_utf8(&frame.payload) {
+                    Ok(text) => self.handle(text).await,
+                    Err(_) => return self.protocol_error("text frame is not valid UTF-8"),
+                },
+                OpCode::Text => fragments = Some(frame.payload.to_vec()),
+                OpCode::Continuation => {
+                    let Some(buf) = fragments.as_mut() else {
+                        return self.protocol_error("continuation frame without a message");
+                    };
+                    // fastwebsockets caps single frames only; cap the whole message here.
+                    if buf.len() + frame.payload.len() > max_frame {
+                        self.link.close(CloseCode::MessageTooLarge);
+                        return;
+                    }
+                    buf.extend_from_slice(&frame.payload);
+                    if frame.fin {
+                        let buf = fragments.take().unwrap_or_default();
+                        match std::str::from_utf8(&buf) {
+                            Ok(text) => self.handle(text).await,
+                            Err(_) => {
+                                return self.protocol_error("text message is not valid UTF-8");
+                            }
+                        }
+                    }
+                }
+                OpCode::Binary => self.error(
+                    None,
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported: send JSON text frames",
+                    None,
+                ),
+                OpCode::Close => {
+                    self.link.finish(Ending::ClientClosed);
+                    return;
+                }
+                OpCode::Ping | OpCode::Pong => {}
+            }
+        }
+    }
+
+    fn read_error(&self, e: WebSocketError) {
+        match e {
+            WebSocketError::FrameTooLarge => {
+                self.link.close(CloseCode::MessageTooLarge);
+            }
+            WebSocketError::IoError(_)
+            | WebSocketError::UnexpectedEOF
+            | WebSocketError::ConnectionClosed => {
+                self.link.finish(Ending::Gone);
+            }
+            other => {
+                tracing::debug!(error = %other, "WebSocket protocol violation");
+                self.link.close(CloseCode::ProtocolError);
+            }
+        }
+    }
+
+    fn protocol_error(&self, why: &'static str) {
+        tracing::debug!(why, "closing on protocol error");
+        self.link.close_with(CloseCode::ProtocolError, why);
+    }
+
+    fn reply(&self, reply: &Reply<'_>) {
+        self.link.send(Bytes::from(reply.to_vec()));
+    }
+
+    fn error(&self, id: Option<u64>, code: ErrorCode, message: &str, channel: Option<&str>) {
+        metrics()
+            .client_errors
+            .with_label_values(&[code.as_str()])
+            .inc();
+        self.reply(&Reply::Error {
+            id,
+            code,
+            message,
+            channel,
+        });
+    }
+
+    async fn handle(&mut self, text: &str) {
+        let cmd = match Command::decode(text) {
+            Ok(c) => c,
+            Err((id, e)) => return self.error(id, ErrorCode::BadRequest, &e.0, None),
+        };
+        let id = cmd.id;
+        let connected = self.shared.connected.load(Ordering::Acquire);
+        match cmd.op.as_ref() {
+            "ping" => self.reply(&Reply::Pong { id }),
+            "pong" => self.shared.pong_seen.store(true, Ordering::Release),
+            "connect" if connected => {
+                self.error(id, ErrorCode::BadRequest, "already connected", None)
+            }
+            "connect" => {
+                self.shared.connected.store(true, Ordering::Release);
+                self.reply(&Reply::Connected {
+                    id,
+                    session: &self.session,
+                    node: &self.ctx.node.id,
+                    ping_interval_ms: self.ctx.cfg.ping_interval.as_millis() as u64,
+                });
+            }
+            "subscribe" | "unsubscribe" | "emit" if !connected => self.error(
+                id,
+                ErrorCode::NotConnected,
+                "send {\"op\":\"connect\"} first",
+                None,
+            ),
+            "subscribe" => self.subscribe(id, cmd.channel.as_deref()).await,
+            "unsubscribe" => self.unsubscribe(id, cmd.channel.as_deref()).await,
+            "emit" => {
+                self.emit(id, cmd.channel.as_deref(), cmd.event.as_deref(), cmd.data)
+                    .await
+            }
+            other => {
+                let msg = format!(
+                    "unknown op {other:?}: expected connect, subscribe, unsubscribe, emit, ping or pong"
+                );
+                self.error(id, ErrorCode::BadRequest, &msg, None)
+            }
+        }
+    }
+
+    /// Checks a channel field; on failure answers the client and returns None.
+    fn channel<'c>(&self, id: Option<u64>, channel: Option<&'c str>) -> Option<&'c str> {
+        let Some(ch) = channel else {
+            self.error(id, ErrorCode::BadRequest, "missing \"channel\"", None);
+            return None;
+        };
+        if let Err(e) = validate_channel(ch) {
+            self.error(id, ErrorCode::BadRequest, &e, None);
+            return None;
+        }
+        Some(ch)
+    }
+
+    async fn subscribe(&mut self, id: Option<u64>, channel: Option<&str>) {
+        let Some(ch) = self.channel(id, channel) else {
+            return;
+        };
+        if !self.subs.contains(ch) && self.subs.len() >= self.ctx.cfg.max_subscriptions {
+            let msg = format!(
+                "this connection already has {} subscriptions, the limit",
+                self.subs.len()
+            );
+            return self.error(id, ErrorCode::TooManySubscriptions, &msg, Some(ch));
+        }
+        let link = Arc::clone(&self.link);
+        let res = self
+            .ctx
+            .node
+            .subscribe(ch, &self.link, |pos| {
+                link.send(Bytes::from(
+                    Reply::Subscribed {
+                        id,
+                        channel: ch,
+                        epoch: &pos.epoch,
+                        offset: pos.offset,
+                    }
+                    .to_vec(),
+                ));
+            })
+            .await;
+        match res {
+            Ok(()) => {
+                self.subs.insert(ch.into());
+            }
+            Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string(), Some(ch)),
+        }
+    }
+
+    async fn unsubscribe(&mut self, id: Option<u64>, channel: Option<&str>) {
+        let Some(ch) = self.channel(id, channel) else {
+            return;
+        };
+        if self.subs.remove(ch) {
+            self.ctx.node.unsubscribe(ch, self.link.id).await;
+        }
+        self.reply(&Reply::Unsubscribed { id, channel: ch });
+    }
+
+    async fn emit(
+        &mut self,
+        id: Option<u64>,
+        channel: Option<&str>,
+        event: Option<&str>,
+        data: Option<&RawValue>,
+    ) {
+        let Some(ch) = self.channel(id, channel) else {
+            return;
+        };
+        let Some(event) = event else {
+            return self.error(id, ErrorCode::BadRequest, "missing \"event\"", Some(ch));
+        };
+        if let Err(e) = validate_event(event) {
+            return self.error(id, ErrorCode::BadRequest, &e, Some(ch));
+        }
+        let null = RawValue::NULL;
+        let data = data.unwrap_or(null);
+        let max = self.ctx.cfg.max_payload;
+        if data.get().len() > max {
+            let msg = format!("\"data\" is {} bytes, the limit is {max}", data.get().len());
+            return self.error(id, ErrorCode::PayloadTooLarge, &msg, Some(ch));
+        }
+        match self.ctx.node.publish(ch, event, data, Source::Client).await {
+            Ok(pos) => self.reply(&Reply::Emitted {
+                id,
+                channel: ch,
+                epoch: &pos.epoch,
+                offset: pos.offset,
+            }),
+            Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string(), Some(ch)),
+        }
+    }
+}
+
+struct Writer {
+    w: WriteHalf<Io>,
+    rx: mpsc::Receiver<Bytes>,
+    pong_rx: mpsc::Receiver<Bytes>,
+    link: Arc<SessionLink>,
+    shared: Arc<Shared>,
+    ctx: Arc<SessionCtx>,
+    read_stop: CancellationToken,
+    /// Reused between batches; shrunk after big bursts so idle sessions stay small.
+    buf: Vec<u8>,
+}
+
+fn push_frame(buf: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    let mut frame = Frame::new(true, opcode, None, Payload::Borrowed(payload));
+    let mut head = [0u8; 10];
+    let n = frame.fmt_head(&mut head);
+    buf.extend_from_slice(&head[..n]);
+    buf.extend_from_slice(payload);
+}
+
+impl Writer {
+    async fn run(mut self) {
+        let ctx = Arc::clone(&self.ctx);
+        let cfg = &ctx.cfg;
+        let connect_deadline = Instant::now() + cfg.connect_timeout;
+        let mut ping =
+            tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pong_deadline: Option<Instant> = None;
+        let mut drain_at: Option<Instant> = None;
+        let closed = self.link.closed().clone();
+        let shutdown = self.ctx.shutdown.clone();
+        let far = Instant::now() + Duration::from_secs(86400 * 365);
+        loop {
+            let connected = self.shared.connected.load(Ordering::Acquire);
+            tokio::select! {
+                biased;
+                _ = closed.cancelled() => break,
+                _ = shutdown.cancelled(), if drain_at.is_none() => {
+                    // Spread reconnects over most of the drain window.
+                    let window = self.ctx.drain.mul_f64(0.8);
+                    drain_at = Some(Instant::now() + window.mul_f64(fastrand::f64()));
+                }
+                _ = sleep_until(drain_at.unwrap_or(far)), if drain_at.is_some() => {
+                    self.link.close(CloseCode::Shutdown);
+                }
+                _ = sleep_until(connect_deadline), if !connected => {
+                    self.link.close_with(CloseCode::ProtocolError, "no connect frame within connect_timeout");
+                }
+                _ = ping.tick(), if connected => {
+                    push_frame(&mut self.buf, OpCode::Text, br#"{"op":"ping"}"#);
+                    if pong_deadline.is_none() {
+                        self.shared.pong_seen.store(false, Ordering::Release);
+                        pong_deadline = Some(Instant::now() + cfg.pong_timeout);
+                    }
+                    if self.flush().await.is_err() { break }
+                }
+                _ = sleep_until(pong_deadline.unwrap_or(far)), if pong_deadline.is_some() => {
+                    if self.shared.pong_seen.load(Ordering::Acquire) {
+                        pong_deadline = None;
+                    } else {
+                        self.link.close(CloseCode::PingTimeout);
+                    }
+                }
+                Some(p) = self.pong_rx.recv() => {
+                    push_frame(&mut self.buf, OpCode::Pong, &p);
+                    if self.flush().await.is_err() { break }
+                }
+                msg = self.rx.recv() => {
+                    let Some(first) = msg else { break };
+                    push_frame(&mut self.buf, OpCode::Text, &first);
+                    while self.buf.len() < BATCH_BYTES {
+                        match self.rx.try_recv() {
+                            Ok(m) => push_frame(&mut self.buf, OpCode::Text, &m),
+                            Err(_) => break,
+                        }
+                    }
+                    if self.flush().await.is_err() { break }
+                }
+            }
+        }
+        self.finish().await;
+    }
+
+    /// Writes the batch; gives up early (keeping the rest) if the session is closed meanwhile.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let mut pos = 0;
+        while pos < self.buf.len() {
+            tokio::select! {
+                biased;
+                r = self.w.write(&self.buf[pos..]) => match r {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => pos += n,
+                    Err(e) => {
+                        self.link.finish(Ending::Gone);
+                        return Err(e);
+                    }
+                },
+                _ = self.link.closed().cancelled() => {
+                    self.buf.drain(..pos);
+                    return Ok(());
+                }
+            }
+        }
+        self.buf.clear();
+        if self.buf.capacity() > 4 * BATCH_BYTES {
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Final frames: the rest of the current batch, then `disconnect` and a
+    /// close frame (or the echo of the client's close), bounded by `close_timeout`.
+    async fn finish(mut self) {
+        let ending = self.link.ending().unwrap_or(Ending::Gone);
+        match ending {
+            Ending::Gone => {
+                self.read_stop.cancel();
+                return;
+            }
+            Ending::ClientClosed => {
+                push_frame(&mut self.buf, OpCode::Close, &1000u16.to_be_bytes())
+            }
+            Ending::Close { code, reason } => {
+                metrics()
+                    .disconnects
+                    .with_label_values(&[&code.code().to_string()])
+                    .inc();
+                tracing::debug!(code = code.code(), reason, "server closing session");
+                let notice = Reply::Disconnect {
+                    code: code.code(),
+                    reason,
+                    reconnect: code.reconnect(),
+                }
+                .to_vec();
+                push_frame(&mut self.buf, OpCode::Text, &notice);
+                let mut payload = code.code().to_be_bytes().to_vec();
+                payload.extend_from_slice(reason.as_bytes());
+                push_frame(&mut self.buf, OpCode::Close, &payload);
+            }
+        }
+        let timeout = self.ctx.cfg.close_timeout;
+        let write = async {
+            self.w.write_all(&self.buf).await?;
+            self.w.shutdown().await
+        };
+        if tokio::time::timeout(timeout, write).await.is_ok() {
+            // Let the client read our close and answer it before the socket drops.
+            let _ = tokio::time::timeout(timeout, self.read_stop.cancelled()).await;
+        }
+        self.read_stop.cancel();
+    }
+}
+
+/// A read half that fails with `ConnectionAborted` once `stop` is cancelled,
+/// so a pending `read_frame` returns instead of being dropped mid-frame.
+struct CancelRead<R> {
+    inner: R,
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl<R> CancelRead<R> {
+    fn new(inner: R, stop: CancellationToken) -> Self {
+        Self {
+            inner,
+            stop: Box::pin(stop.cancelled_owned()),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CancelRead<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::ErrorKind::ConnectionAborted.into()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+// Keeps the writer's stream type honest: it must be writable.
+const _: fn() = || {
+    fn writable<T: AsyncWrite>() {}
+    writable::<WriteHalf<Io>>();
+};

@@ -1,0 +1,362 @@
+//! Herald client protocol v1: the wire vocabulary shared by every party.
+//!
+//! Sits at the very edge of the data flow: the gateway's `session` decodes
+//! [`Command`]s from WebSocket text frames with it and encodes replies with
+//! [`Reply`]; the broker builds every publication's `message` frame exactly
+//! once with [`MessageFrame`]; tests and the load tool read the same types.
+//! Nothing here does I/O. The full specification is `docs/protocol.md`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
+
+/// Longest channel name, in bytes.
+pub const MAX_CHANNEL_LEN: usize = 255;
+/// Longest event name, in bytes.
+pub const MAX_EVENT_LEN: usize = 128;
+
+/// A client frame, decoded without copying strings that need no unescaping.
+///
+/// Every field but `op` is optional at this level so that a frame with a bad
+/// field can still be answered with its `id`; [`Command::op`] tells which
+/// fields the operation needs and the session checks them.
+#[derive(Debug, Deserialize)]
+pub struct Command<'a> {
+    #[serde(borrow)]
+    pub op: Cow<'a, str>,
+    /// Chosen by the client, echoed in the reply; absent on fire-and-forget frames.
+    #[serde(default)]
+    pub id: Option<u64>,
+    #[serde(default, borrow)]
+    pub channel: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub event: Option<Cow<'a, str>>,
+    /// Kept as raw JSON: the gateway never re-encodes a payload.
+    #[serde(default, borrow)]
+    pub data: Option<&'a RawValue>,
+}
+
+/// Why a frame could not be decoded at all; the text is safe to show the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub String);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl<'a> Command<'a> {
+    /// Decodes one text frame. On failure, also returns the frame's `id` when
+    /// it could be recovered, so the error reply can still be matched.
+    pub fn decode(text: &'a str) -> Result<Self, (Option<u64>, DecodeError)> {
+        match serde_json::from_str::<Command<'a>>(text) {
+            Ok(cmd) => Ok(cmd),
+            Err(e) => {
+                #[derive(Deserialize)]
+                struct IdOnly {
+                    #[serde(default)]
+                    id: Option<u64>,
+                }
+                let id = serde_json::from_str::<IdOnly>(text).ok().and_then(|x| x.id);
+                let msg = if e.is_syntax() || e.is_eof() {
+                    format!("malformed JSON: {e}")
+                } else {
+                    format!("invalid frame: {e}")
+                };
+                Err((id, DecodeError(msg)))
+            }
+        }
+    }
+}
+
+/// Checks a channel name: 1–255 bytes of UTF-8, no whitespace or control characters.
+pub fn validate_channel(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("channel name is empty".to_owned());
+    }
+    if name.len() > MAX_CHANNEL_LEN {
+        return Err(format!(
+            "channel name is {} bytes, the limit is {MAX_CHANNEL_LEN}",
+            name.len()
+        ));
+    }
+    if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("channel name contains whitespace or a control character".to_owned());
+    }
+    Ok(())
+}
+
+/// Checks an event name: 1–128 bytes, no control characters.
+pub fn validate_event(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("event name is empty".to_owned());
+    }
+    if name.len() > MAX_EVENT_LEN {
+        return Err(format!(
+            "event name is {} bytes, the limit is {MAX_EVENT_LEN}",
+            name.len()
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err("event name contains a control character".to_owned());
+    }
+    Ok(())
+}
+
+/// Error codes carried by `{"op":"error"}` frames and the HTTP API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotConnected,
+    TooManySubscriptions,
+    RateLimited,
+    PayloadTooLarge,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The wire spelling, also used as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotConnected => "not_connected",
+            Self::TooManySubscriptions => "too_many_subscriptions",
+            Self::RateLimited => "rate_limited",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+}
+
+/// Server-initiated close codes. 4000–4499: reconnect; 4500–4999: do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum CloseCode {
+    Shutdown = 4000,
+    SlowConsumer = 4001,
+    PingTimeout = 4002,
+    TokenExpired = 4003,
+    InsufficientState = 4004,
+    Unauthorized = 4500,
+    Forbidden = 4501,
+    ProtocolError = 4502,
+    MessageTooLarge = 4503,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+
+    /// Whether a well-behaved client should reconnect after this close.
+    pub fn reconnect(self) -> bool {
+        self.code() < 4500
+    }
+
+    /// Short, stable reason text sent in the `disconnect` frame and close frame.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Shutdown => "shutdown",
+            Self::SlowConsumer => "slow consumer",
+            Self::PingTimeout => "ping timeout",
+            Self::TokenExpired => "token expired",
+            Self::InsufficientState => "insufficient state",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::ProtocolError => "protocol error",
+            Self::MessageTooLarge => "message too large",
+        }
+    }
+
+    pub fn from_code(code: u16) -> Option<Self> {
+        Some(match code {
+            4000 => Self::Shutdown,
+            4001 => Self::SlowConsumer,
+            4002 => Self::PingTimeout,
+            4003 => Self::TokenExpired,
+            4004 => Self::InsufficientState,
+            4500 => Self::Unauthorized,
+            4501 => Self::Forbidden,
+            4502 => Self::ProtocolError,
+            4503 => Self::MessageTooLarge,
+            _ => return None,
+        })
+    }
+}
+
+/// Replies and notices the server sends, except `message` (see [`MessageFrame`]).
+#[derive(Debug, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Reply<'a> {
+    Connected {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        session: &'a str,
+        node: &'a str,
+        ping_interval_ms: u64,
+    },
+    Subscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+        epoch: &'a str,
+        offset: u64,
+    },
+    Unsubscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+    },
+    Emitted {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        channel: &'a str,
+        epoch: &'a str,
+        offset: u64,
+    },
+    Ping,
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<&'a str>,
+    },
+    Disconnect {
+        code: u16,
+        reason: &'a str,
+        reconnect: bool,
+    },
+}
+
+impl Reply<'_> {
+    /// Encodes the reply as one JSON text frame payload.
+    pub fn to_vec(&self) -> Vec<u8> {
+        // Serializing these plain structs cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Builds `{"op":"message",...}` frames in two steps, so that whoever assigns
+/// the offset (the embedded broker in-process, or a Lua script inside Redis)
+/// only appends `EPOCH","offset":N}` to a prefix built by the publisher.
+pub struct MessageFrame;
+
+impl MessageFrame {
+    /// Everything up to and including the opening quote of the epoch value.
+    ///
+    /// `data` must already be valid JSON; it is copied as-is.
+    pub fn prefix(channel: &str, event: &str, data: &RawValue) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + channel.len() + event.len() + data.get().len());
+        out.extend_from_slice(br#"{"op":"message","channel":"#);
+        write_json_str(&mut out, channel);
+        out.extend_from_slice(br#","event":"#);
+        write_json_str(&mut out, event);
+        out.extend_from_slice(br#","data":"#);
+        out.extend_from_slice(data.get().as_bytes());
+        out.extend_from_slice(br#","epoch":""#);
+        out
+    }
+
+    /// Appends the broker-assigned position, completing the frame.
+    pub fn finish(prefix: &mut Vec<u8>, epoch: &str, offset: u64) {
+        prefix.extend_from_slice(epoch.as_bytes());
+        prefix.extend_from_slice(br#"","offset":"#);
+        prefix.extend_from_slice(offset.to_string().as_bytes());
+        prefix.push(b'}');
+    }
+}
+
+fn write_json_str(out: &mut Vec<u8>, s: &str) {
+    // Encoding a str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// A delivered `message` frame, as clients and tests read it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct Message {
+    pub channel: String,
+    pub event: String,
+    pub data: serde_json::Value,
+    pub epoch: String,
+    pub offset: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_frame_round_trips_with_awkward_names() {
+        let data = RawValue::from_string(r#"{"text":"he said \"hi\"","n":[1,2]}"#.to_owned())
+            .expect("valid json");
+        let mut frame = MessageFrame::prefix("news:\"quoted\"/é", "ev\\t", &data);
+        MessageFrame::finish(&mut frame, "AbC123", 42);
+        let v: serde_json::Value = serde_json::from_slice(&frame).expect("frame is JSON");
+        assert_eq!(v["op"], "message");
+        let m: Message = serde_json::from_value(v).expect("message shape");
+        assert_eq!(m.channel, "news:\"quoted\"/é");
+        assert_eq!(m.event, "ev\\t");
+        assert_eq!(m.data["text"], "he said \"hi\"");
+        assert_eq!(m.epoch, "AbC123");
+        assert_eq!(m.offset, 42);
+    }
+
+    #[test]
+    fn decode_keeps_id_of_bad_frames() {
+        let (id, err) = Command::decode(r#"{"id":7,"channel":"x"}"#).expect_err("no op");
+        assert_eq!(id, Some(7));
+        assert!(err.0.contains("op"), "{err}");
+        let (id, err) = Command::decode("{not json").expect_err("syntax");
+        assert_eq!(id, None);
+        assert!(err.0.starts_with("malformed JSON"), "{err}");
+    }
+
+    #[test]
+    fn decode_borrows_and_unescapes() {
+        let cmd = Command::decode(r#"{"op":"emit","id":3,"channel":"a\u0062","data":{"x":1}}"#)
+            .expect("valid");
+        assert_eq!(cmd.op, "emit");
+        assert_eq!(cmd.channel.as_deref(), Some("ab"));
+        assert_eq!(cmd.data.map(RawValue::get), Some(r#"{"x":1}"#));
+    }
+
+    #[test]
+    fn channel_and_event_rules() {
+        assert!(validate_channel("news:sport").is_ok());
+        assert!(validate_channel("").is_err());
+        assert!(validate_channel("a b").is_err());
+        assert!(validate_channel("a\u{7}").is_err());
+        assert!(validate_channel(&"x".repeat(255)).is_ok());
+        assert!(validate_channel(&"x".repeat(256)).is_err());
+        assert!(validate_event(&"e".repeat(128)).is_ok());
+        assert!(validate_event(&"e".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn close_codes_split_on_reconnect() {
+        assert!(CloseCode::SlowConsumer.reconnect());
+        assert!(!CloseCode::MessageTooLarge.reconnect());
+        for c in 4000..5000 {
+            if let Some(cc) = CloseCode::from_code(c) {
+                assert_eq!(cc.code(), c);
+            }
+        }
+    }
+}
