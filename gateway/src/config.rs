@@ -326,9 +326,9 @@ impl Config {
 }
 
 /// Rejects `HERALD_*` variables that no flag reads, naming the first one.
-pub fn check_env<'a>(
+pub fn check_env(
     vars: impl Iterator<Item = String>,
-    known: &[&'a str],
+    known: &[&str],
 ) -> Result<(), ConfigError> {
     for name in vars {
         if name.starts_with("HERALD_") && !known.contains(&name.as_str()) {

@@ -139,8 +139,10 @@ pub enum Leave {
     LastOut,
 }
 
+type Shard = Mutex<HashMap<Arc<str>, Channel>>;
+
 pub struct Hub {
-    shards: Box<[Mutex<HashMap<Arc<str>, Channel>>]>,
+    shards: Box<[Shard]>,
     hasher: RandomState,
 }
 

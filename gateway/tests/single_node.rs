@@ -57,14 +57,21 @@ async fn subscribe_is_idempotent_and_unsubscribe_stops_delivery() {
     assert_eq!(c.message().await["offset"], 1);
     c.silent_for(Duration::from_millis(200)).await; // delivered once, not twice
 
-    let r = c.request(json!({"op":"unsubscribe","channel":"news"})).await;
-    assert_eq!(r, json!({"op":"unsubscribed","id":r["id"],"channel":"news"}));
+    let r = c
+        .request(json!({"op":"unsubscribe","channel":"news"}))
+        .await;
+    assert_eq!(
+        r,
+        json!({"op":"unsubscribed","id":r["id"],"channel":"news"})
+    );
     assert_eq!(gw.metric("herald_channels").await, 0.0);
     let (status, body) = gw.publish("news", "a", json!(2)).await;
     assert_eq!((status, body["offset"].as_u64()), (200, Some(2)));
     c.silent_for(Duration::from_millis(300)).await;
     // Unsubscribing again is harmless.
-    let r = c.request(json!({"op":"unsubscribe","channel":"news"})).await;
+    let r = c
+        .request(json!({"op":"unsubscribe","channel":"news"}))
+        .await;
     assert_eq!(r["op"], "unsubscribed");
 }
 
@@ -79,7 +86,10 @@ async fn http_publish_and_broadcast() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["offset"], 1);
     let m = c.message().await;
-    assert_eq!((m["channel"].clone(), m["data"].clone()), (json!("a"), json!({"stars":5})));
+    assert_eq!(
+        (m["channel"].clone(), m["data"].clone()),
+        (json!("a"), json!({"stars":5}))
+    );
     assert_eq!(m["epoch"], body["epoch"]);
 
     let (status, body) = http_post(
@@ -109,10 +119,17 @@ async fn http_publish_and_broadcast() {
         .arg(format!("http://{}", gw.admin))
         .output()
         .expect("herald publish");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("\"offset\":3"));
     let m = c.message().await;
-    assert_eq!((m["event"].clone(), m["offset"].clone()), (json!("cli"), json!(3)));
+    assert_eq!(
+        (m["event"].clone(), m["offset"].clone()),
+        (json!("cli"), json!(3))
+    );
 }
 
 #[tokio::test]
@@ -120,22 +137,47 @@ async fn api_errors_are_json_with_status() {
     let gw = Gateway::start(&["--max-payload", "1024"]);
     let cases = [
         ("not json", 400, "bad_request"),
-        (r#"{"channel":"a","event":"e","extra":1}"#, 400, "bad_request"),
+        (
+            r#"{"channel":"a","event":"e","extra":1}"#,
+            400,
+            "bad_request",
+        ),
         (r#"{"channel":"","event":"e"}"#, 400, "bad_request"),
         (r#"{"channel":"a","event":""}"#, 400, "bad_request"),
     ];
     for (body, status, code) in cases {
         let (s, b) = http_post(gw.admin, "/api/v1/publish", body).await;
-        assert_eq!((s, b["error"]["code"].as_str()), (status, Some(code)), "{body}: {b}");
-        assert!(b["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(
+            (s, b["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{body}: {b}"
+        );
+        assert!(
+            b["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
     }
     let big = json!({"channel":"a","event":"e","data":"x".repeat(2000)}).to_string();
     let (s, b) = http_post(gw.admin, "/api/v1/publish", &big).await;
-    assert_eq!((s, b["error"]["code"].as_str()), (413, Some("payload_too_large")), "{b}");
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{b}"
+    );
     let huge = json!({"channel":"a","event":"e","data":"x".repeat(200_000)}).to_string();
     let (s, b) = http_post(gw.admin, "/api/v1/publish", &huge).await;
-    assert_eq!((s, b["error"]["code"].as_str()), (413, Some("payload_too_large")), "{b}");
-    let (s, b) = http_post(gw.admin, "/api/v1/broadcast", r#"{"channels":[],"event":"e"}"#).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (413, Some("payload_too_large")),
+        "{b}"
+    );
+    let (s, b) = http_post(
+        gw.admin,
+        "/api/v1/broadcast",
+        r#"{"channels":[],"event":"e"}"#,
+    )
+    .await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("bad_request")));
     let (s, _) = http_post_raw(gw.admin, "/api/v1/nope", "{}").await;
     assert_eq!(s, 404);
@@ -161,34 +203,72 @@ async fn bad_frames_get_errors_and_the_connection_stays_open() {
 
     c.send_text("{this is not json").await;
     let r = c.recv().await;
-    assert_eq!((r["op"].as_str(), r["code"].as_str()), (Some("error"), Some("bad_request")));
-    assert!(r["message"].as_str().expect("message").contains("malformed JSON"), "{r}");
+    assert_eq!(
+        (r["op"].as_str(), r["code"].as_str()),
+        (Some("error"), Some("bad_request"))
+    );
+    assert!(
+        r["message"]
+            .as_str()
+            .expect("message")
+            .contains("malformed JSON"),
+        "{r}"
+    );
 
     c.send_text(r#"{"op":"fly","id":9}"#).await;
     let r = c.recv().await;
-    assert_eq!((r["id"].as_u64(), r["code"].as_str()), (Some(9), Some("bad_request")));
-    assert!(r["message"].as_str().expect("message").contains("unknown op"), "{r}");
+    assert_eq!(
+        (r["id"].as_u64(), r["code"].as_str()),
+        (Some(9), Some("bad_request"))
+    );
+    assert!(
+        r["message"]
+            .as_str()
+            .expect("message")
+            .contains("unknown op"),
+        "{r}"
+    );
 
     c.send_text(r#"{"id":10,"channel":"x"}"#).await;
     let r = c.recv().await;
-    assert_eq!((r["id"].as_u64(), r["code"].as_str()), (Some(10), Some("bad_request")));
+    assert_eq!(
+        (r["id"].as_u64(), r["code"].as_str()),
+        (Some(10), Some("bad_request"))
+    );
 
     c.send_text("[1,2,3]").await;
     assert_eq!(c.recv().await["code"], "bad_request");
 
-    c.send_frame(Frame::binary(Payload::Borrowed(b"\x00\x01"))).await;
+    c.send_frame(Frame::binary(Payload::Borrowed(b"\x00\x01")))
+        .await;
     assert_eq!(c.recv().await["code"], "bad_request");
 
     for (cmd, code) in [
         (json!({"op":"subscribe"}), "bad_request"),
-        (json!({"op":"subscribe","channel":"has space"}), "bad_request"),
-        (json!({"op":"subscribe","channel":"x".repeat(256)}), "bad_request"),
+        (
+            json!({"op":"subscribe","channel":"has space"}),
+            "bad_request",
+        ),
+        (
+            json!({"op":"subscribe","channel":"x".repeat(256)}),
+            "bad_request",
+        ),
         (json!({"op":"emit","channel":"x"}), "bad_request"),
-        (json!({"op":"emit","channel":"x","event":"e".repeat(129)}), "bad_request"),
-        (json!({"op":"emit","channel":"x","event":"e","data":"y".repeat(1100)}), "payload_too_large"),
+        (
+            json!({"op":"emit","channel":"x","event":"e".repeat(129)}),
+            "bad_request",
+        ),
+        (
+            json!({"op":"emit","channel":"x","event":"e","data":"y".repeat(1100)}),
+            "payload_too_large",
+        ),
     ] {
         let r = c.request(cmd.clone()).await;
-        assert_eq!((r["op"].as_str(), r["code"].as_str()), (Some("error"), Some(code)), "{cmd}: {r}");
+        assert_eq!(
+            (r["op"].as_str(), r["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{cmd}: {r}"
+        );
     }
 
     c.subscribe("one").await;
@@ -199,7 +279,9 @@ async fn bad_frames_get_errors_and_the_connection_stays_open() {
     c.subscribe("two").await; // re-subscribing an existing channel is not a new one
 
     // Still fully usable.
-    let r = c.request(json!({"op":"emit","channel":"one","event":"e","data":{"ok":true}})).await;
+    let r = c
+        .request(json!({"op":"emit","channel":"one","event":"e","data":{"ok":true}}))
+        .await;
     assert_eq!(r["op"], "emitted");
     assert_eq!(c.message().await["data"], json!({"ok":true}));
     assert!(gw.metric("herald_client_errors_total").await >= 12.0);
@@ -212,14 +294,18 @@ async fn connect_timeout_closes_with_4502() {
     let (code, notice) = c.closed().await;
     assert_eq!(code, 4502);
     let n = notice.expect("disconnect notice");
-    assert_eq!((n["code"].as_u64(), n["reconnect"].as_bool()), (Some(4502), Some(false)));
+    assert_eq!(
+        (n["code"].as_u64(), n["reconnect"].as_bool()),
+        (Some(4502), Some(false))
+    );
 }
 
 #[tokio::test]
 async fn invalid_utf8_is_a_protocol_error() {
     let gw = Gateway::start(&[]);
     let mut c = gw.connected().await;
-    c.send_frame(Frame::text(Payload::Borrowed(b"{\"op\":\"\xff\"}"))).await;
+    c.send_frame(Frame::text(Payload::Borrowed(b"{\"op\":\"\xff\"}")))
+        .await;
     assert_eq!(c.closed().await.0, 4502);
 }
 
@@ -255,9 +341,21 @@ async fn oversized_frames_close_with_4503() {
     // The same size split in fragments is refused as well.
     let mut c = gw.connected().await;
     let chunk = "z".repeat(2000);
-    c.send_frame(Frame::new(false, OpCode::Text, None, Payload::Borrowed(b"{\"op\":\"emit\",\"data\":\""))).await;
+    c.send_frame(Frame::new(
+        false,
+        OpCode::Text,
+        None,
+        Payload::Borrowed(b"{\"op\":\"emit\",\"data\":\""),
+    ))
+    .await;
     for _ in 0..4 {
-        c.send_frame(Frame::new(false, OpCode::Continuation, None, Payload::Borrowed(chunk.as_bytes()))).await;
+        c.send_frame(Frame::new(
+            false,
+            OpCode::Continuation,
+            None,
+            Payload::Borrowed(chunk.as_bytes()),
+        ))
+        .await;
     }
     assert_eq!(c.closed().await.0, 4503);
 
@@ -265,8 +363,15 @@ async fn oversized_frames_close_with_4503() {
     let mut c = gw.connected().await;
     let text = json!({"op":"ping","id":77}).to_string();
     let (a, b) = text.as_bytes().split_at(5);
-    c.send_frame(Frame::new(false, OpCode::Text, None, Payload::Borrowed(a))).await;
-    c.send_frame(Frame::new(true, OpCode::Continuation, None, Payload::Borrowed(b))).await;
+    c.send_frame(Frame::new(false, OpCode::Text, None, Payload::Borrowed(a)))
+        .await;
+    c.send_frame(Frame::new(
+        true,
+        OpCode::Continuation,
+        None,
+        Payload::Borrowed(b),
+    ))
+    .await;
     assert_eq!(c.recv().await, json!({"op":"pong","id":77}));
 }
 
@@ -284,7 +389,8 @@ async fn slow_consumer_is_closed_with_4001_and_others_keep_receiving() {
     let admin = gw.admin;
     let publisher = tokio::spawn(async move {
         for i in 0..total {
-            let body = json!({"channel":"firehose","event":"e","data":{"i":i,"p":payload}}).to_string();
+            let body =
+                json!({"channel":"firehose","event":"e","data":{"i":i,"p":payload}}).to_string();
             let (s, _) = http_post(admin, "/api/v1/publish", &body).await;
             assert_eq!(s, 200);
         }
@@ -294,7 +400,10 @@ async fn slow_consumer_is_closed_with_4001_and_others_keep_receiving() {
         assert_eq!(m["offset"], i, "healthy client gets everything in order");
     }
     publisher.await.expect("publisher");
-    assert_eq!(gw.metric("herald_slow_consumer_disconnects_total").await, 1.0);
+    assert_eq!(
+        gw.metric("herald_slow_consumer_disconnects_total").await,
+        1.0
+    );
     // Once it reads again, the slow client finds the 4001 notice after its backlog.
     let (code, notice) = slow.closed().await;
     assert_eq!(code, 4001, "{notice:?}");
@@ -315,7 +424,10 @@ async fn sigterm_drains_clients_with_4000_and_exits_0() {
         let (code, notice) = c.closed().await;
         assert_eq!(code, 4000);
         let n = notice.expect("notice");
-        assert_eq!((n["reason"].as_str(), n["reconnect"].as_bool()), (Some("shutdown"), Some(true)));
+        assert_eq!(
+            (n["reason"].as_str(), n["reconnect"].as_bool()),
+            (Some("shutdown"), Some(true))
+        );
     }
     assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0));
 }
@@ -332,7 +444,10 @@ async fn admin_listener_takes_the_api_off_the_public_port() {
     assert_eq!(http_get(gw.admin, "/healthz").await.0, 200);
     let (s, page) = http_get(gw.public, "/").await;
     assert_eq!(s, 200);
-    assert!(page.contains("<html") || page.contains("<!doctype"), "demo page");
+    assert!(
+        page.contains("<html") || page.contains("<!doctype"),
+        "demo page"
+    );
     let (s, metrics) = http_get(gw.admin, "/metrics").await;
     assert_eq!(s, 200);
     assert!(metrics.contains("process_resident_memory_bytes"));
@@ -341,7 +456,10 @@ async fn admin_listener_takes_the_api_off_the_public_port() {
     let (s, _) = gw.publish("x", "e", json!(1)).await;
     assert_eq!(s, 200);
     assert_eq!(c.message().await["offset"], 1);
-    eventually("connections gauge", || async { gw.metric("herald_connections").await == 1.0 }).await;
+    eventually("connections gauge", || async {
+        gw.metric("herald_connections").await == 1.0
+    })
+    .await;
 }
 
 #[test]
@@ -368,10 +486,22 @@ async fn env_and_file_configure_the_node_and_flags_win() {
     let dir = std::env::temp_dir().join(format!("herald-cfg2-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tmp");
     let file = dir.join("herald.toml");
-    std::fs::write(&file, "node_id = \"from-file\"\n[session]\nping_interval = \"7s\"\n").expect("write");
+    std::fs::write(
+        &file,
+        "node_id = \"from-file\"\n[session]\nping_interval = \"7s\"\n",
+    )
+    .expect("write");
     let gw = Gateway::start_env(
-        &["--config", file.to_str().expect("path"), "--node-id", "from-flag"],
-        &[("HERALD_PING_INTERVAL", "3s"), ("HERALD_NODE_ID", "from-env")],
+        &[
+            "--config",
+            file.to_str().expect("path"),
+            "--node-id",
+            "from-flag",
+        ],
+        &[
+            ("HERALD_PING_INTERVAL", "3s"),
+            ("HERALD_NODE_ID", "from-env"),
+        ],
     );
     assert_eq!(gw.node, "from-flag");
     let mut c = gw.client().await;
@@ -379,7 +509,13 @@ async fn env_and_file_configure_the_node_and_flags_win() {
     assert_eq!(r["ping_interval_ms"], 3000, "env beats file");
     assert_eq!(r["node"], "from-flag", "flag beats env");
 
-    let gw = Gateway::start_env(&[], &[("HERALD_ALLOW_OPEN", "true"), ("HERALD_LISTEN", "0.0.0.0:0")]);
+    let gw = Gateway::start_env(
+        &[],
+        &[
+            ("HERALD_ALLOW_OPEN", "true"),
+            ("HERALD_LISTEN", "0.0.0.0:0"),
+        ],
+    );
     assert!(gw.public.ip().is_unspecified());
     assert!(gw.log_contains("OPEN MODE").await, "loud warning");
 }

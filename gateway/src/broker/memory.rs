@@ -28,8 +28,10 @@ struct ChannelState {
     last_used: Instant,
 }
 
+type Shard = Mutex<HashMap<Box<str>, ChannelState>>;
+
 pub struct MemoryBroker {
-    shards: Box<[Mutex<HashMap<Box<str>, ChannelState>>]>,
+    shards: Box<[Shard]>,
     hasher: std::collections::hash_map::RandomState,
     sink: Arc<dyn Sink>,
     /// Idle time after which a channel without subscribers forgets its state.

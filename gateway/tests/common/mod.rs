@@ -202,7 +202,10 @@ impl Gateway {
                 self.child = None;
                 return st.code();
             }
-            assert!(Instant::now() < deadline, "herald did not exit in {within:?}");
+            assert!(
+                Instant::now() < deadline,
+                "herald did not exit in {within:?}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -232,7 +235,9 @@ impl Gateway {
         let (_, text) = http_get(self.admin, "/metrics").await;
         text.lines()
             .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.split([' ', '{']).next() == Some(name) || l.starts_with(&format!("{name}{{")))
+            .filter(|l| {
+                l.split([' ', '{']).next() == Some(name) || l.starts_with(&format!("{name}{{"))
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
@@ -295,7 +300,9 @@ pub struct Client {
 
 impl Client {
     pub async fn open(addr: SocketAddr) -> Self {
-        let stream = tokio::net::TcpStream::connect(addr).await.expect("tcp connect");
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("tcp connect");
         let req = hyper::Request::builder()
             .method("GET")
             .uri(format!("http://{addr}/ws"))
@@ -354,7 +361,8 @@ impl Client {
             };
             match frame.opcode {
                 OpCode::Text => {
-                    let v: Value = serde_json::from_slice(&frame.payload).expect("server sends JSON");
+                    let v: Value =
+                        serde_json::from_slice(&frame.payload).expect("server sends JSON");
                     if self.auto_pong && v["op"] == "ping" && v.get("id").is_none() {
                         self.send(json!({"op":"pong"})).await;
                         continue;
@@ -363,10 +371,17 @@ impl Client {
                 }
                 OpCode::Close => {
                     let p = &frame.payload;
-                    let code = if p.len() >= 2 { u16::from_be_bytes([p[0], p[1]]) } else { 1005 };
-                    return Event::Close(code, String::from_utf8_lossy(p.get(2..).unwrap_or(&[])).into_owned());
+                    let code = if p.len() >= 2 {
+                        u16::from_be_bytes([p[0], p[1]])
+                    } else {
+                        1005
+                    };
+                    return Event::Close(
+                        code,
+                        String::from_utf8_lossy(p.get(2..).unwrap_or(&[])).into_owned(),
+                    );
                 }
-                _ => continue,
+                _ => {}
             }
         }
     }
@@ -407,7 +422,9 @@ impl Client {
     }
 
     pub async fn subscribe(&mut self, channel: &str) -> Value {
-        let r = self.request(json!({"op":"subscribe","channel":channel})).await;
+        let r = self
+            .request(json!({"op":"subscribe","channel":channel}))
+            .await;
         assert_eq!(r["op"], "subscribed", "{r}");
         r
     }
@@ -437,7 +454,11 @@ impl Client {
 
     /// Asserts nothing arrives for `d`.
     pub async fn silent_for(&mut self, d: Duration) {
-        assert!(self.pending.is_empty(), "unexpected frames: {:?}", self.pending);
+        assert!(
+            self.pending.is_empty(),
+            "unexpected frames: {:?}",
+            self.pending
+        );
         if let Ok(f) = tokio::time::timeout(d, self.ws.read_frame()).await {
             let f = f.expect("read");
             panic!("unexpected frame: {}", String::from_utf8_lossy(&f.payload));
@@ -446,7 +467,9 @@ impl Client {
 }
 
 async fn http(addr: SocketAddr, req: String) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("http connect");
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("http connect");
     s.write_all(req.as_bytes()).await.expect("http write");
     let mut buf = Vec::new();
     tokio::time::timeout(TIMEOUT, s.read_to_end(&mut buf))
@@ -459,7 +482,10 @@ async fn http(addr: SocketAddr, req: String) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .expect("status");
-    let body = text.split_once("\r\n\r\n").map(|x| x.1.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -484,5 +510,8 @@ pub async fn http_post_raw(addr: SocketAddr, path: &str, body: &str) -> (u16, St
 
 pub async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, Value) {
     let (status, body) = http_post_raw(addr, path, body).await;
-    (status, serde_json::from_str(&body).unwrap_or_else(|_| panic!("JSON body, got {body:?}")))
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("JSON body, got {body:?}")),
+    )
 }

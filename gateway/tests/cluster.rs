@@ -1,0 +1,202 @@
+//! Several real gateway processes on one real `redis-server`.
+
+mod common;
+
+use common::{Client, Gateway, Redis, eventually, http_post};
+use serde_json::json;
+use std::time::Duration;
+
+fn cluster(redis: &Redis, n: usize) -> Vec<Gateway> {
+    (0..n)
+        .map(|i| {
+            Gateway::start(&[
+                "--redis-url",
+                &redis.url(),
+                "--node-id",
+                &format!("node-{i}"),
+            ])
+        })
+        .collect()
+}
+
+async fn all_ready(nodes: &[Gateway]) {
+    for gw in nodes {
+        eventually("node ready", || async { gw.ready().await == 200 }).await;
+    }
+}
+
+/// Reads `n` messages and checks offsets run `from+1 ..= from+n` with no extras.
+async fn expect_run(c: &mut Client, from: u64, n: u64) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for i in 1..=n {
+        let m = c.message().await;
+        assert_eq!(m["offset"], from + i, "exactly once, in order: {m}");
+        out.push(m);
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_emit_on_any_node_reaches_every_node_exactly_once_in_order() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 3);
+    all_ready(&nodes).await;
+    let mut clients = Vec::new();
+    for gw in &nodes {
+        for _ in 0..2 {
+            let mut c = gw.connected().await;
+            let r = c.subscribe("room").await;
+            assert_eq!(r["offset"], 0);
+            clients.push(c);
+        }
+    }
+    let epoch = clients[0].subscribe("room").await["epoch"].clone();
+    // Emits from a client on node 0 and API publishes on node 1, interleaved.
+    let mut emitter = nodes[0].connected().await;
+    let admin1 = nodes[1].admin;
+    let api = tokio::spawn(async move {
+        for i in 0..50 {
+            let body = json!({"channel":"room","event":"api","data":{"i":i}}).to_string();
+            let (s, b) = http_post(admin1, "/api/v1/publish", &body).await;
+            assert_eq!(s, 200, "{b}");
+        }
+    });
+    for i in 0..50 {
+        let r = emitter
+            .request(json!({"op":"emit","channel":"room","event":"ws","data":{"i":i}}))
+            .await;
+        assert_eq!(r["op"], "emitted", "{r}");
+    }
+    api.await.expect("api publisher");
+    for c in &mut clients {
+        let msgs = expect_run(c, 0, 100).await;
+        assert!(msgs.iter().all(|m| m["epoch"] == epoch));
+        for source in ["ws", "api"] {
+            let seq: Vec<u64> = msgs
+                .iter()
+                .filter(|m| m["event"] == source)
+                .map(|m| m["data"]["i"].as_u64().expect("i"))
+                .collect();
+            assert_eq!(
+                seq,
+                (0..50).collect::<Vec<_>>(),
+                "{source} messages in publish order"
+            );
+        }
+        c.silent_for(Duration::from_millis(200)).await;
+    }
+    // Every node subscribed to Redis once, not once per client.
+    for gw in &nodes {
+        assert_eq!(gw.metric("herald_channels").await, 1.0);
+    }
+}
+
+#[tokio::test]
+async fn subscribing_while_others_publish_never_skips_or_repeats() {
+    let redis = Redis::start();
+    let nodes = cluster(&redis, 2);
+    all_ready(&nodes).await;
+    let total = 400u64;
+    let admin = nodes[0].admin;
+    let publisher = tokio::spawn(async move {
+        for i in 0..total {
+            let body = json!({"channel":"live","event":"e","data":i}).to_string();
+            assert_eq!(http_post(admin, "/api/v1/publish", &body).await.0, 200);
+        }
+    });
+    // Clients join on the other node at staggered moments during the stream;
+    // each must see exactly the offsets after the one its `subscribed` named.
+    let mut joiners = Vec::new();
+    for k in 0..8u64 {
+        let mut c = nodes[1].connected().await;
+        joiners.push(tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30 * k)).await;
+            let start = c.subscribe("live").await["offset"]
+                .as_u64()
+                .expect("offset");
+            expect_run(&mut c, start, total - start).await;
+            start
+        }));
+    }
+    publisher.await.expect("publisher");
+    for j in joiners {
+        j.await.expect("joiner");
+    }
+}
+
+#[tokio::test]
+async fn redis_outage_is_reported_and_recovered() {
+    let mut redis = Redis::start();
+    let nodes = cluster(&redis, 2);
+    all_ready(&nodes).await;
+    let mut a = nodes[0].connected().await;
+    let mut b = nodes[1].connected().await;
+    a.subscribe("news").await;
+    b.subscribe("news").await;
+    let (s, _) = nodes[1].publish("news", "e", json!(1)).await;
+    assert_eq!(s, 200);
+    assert_eq!(a.message().await["offset"], 1);
+    assert_eq!(b.message().await["offset"], 1);
+
+    redis.kill();
+    for gw in &nodes {
+        eventually("readyz turns 503", || async { gw.ready().await == 503 }).await;
+    }
+    assert_eq!(nodes[0].metric("herald_broker_up").await, 0.0);
+    let (s, body) = nodes[0].publish("news", "e", json!(2)).await;
+    assert_eq!(s, 503, "{body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+    let mut c = nodes[0].connected().await;
+    let r = c.request(json!({"op":"subscribe","channel":"other"})).await;
+    assert_eq!(
+        (r["op"].as_str(), r["code"].as_str()),
+        (Some("error"), Some("unavailable")),
+        "{r}"
+    );
+    let r = c
+        .request(json!({"op":"emit","channel":"news","event":"e"}))
+        .await;
+    assert_eq!(r["code"], "unavailable", "{r}");
+
+    // Redis comes back empty: the channel's history is gone, so its clients
+    // are told to resubscribe/recover (4004) rather than silently continue.
+    redis.restart();
+    for gw in &nodes {
+        eventually("readyz back to 200", || async { gw.ready().await == 200 }).await;
+    }
+    for cl in [&mut a, &mut b] {
+        let (code, notice) = cl.closed().await;
+        assert_eq!(code, 4004);
+        assert_eq!(notice.expect("notice")["reconnect"], true);
+    }
+    // Fresh subscriptions on both nodes work end to end again.
+    let mut a = nodes[0].connected().await;
+    let mut b = nodes[1].connected().await;
+    a.subscribe("news").await;
+    b.subscribe("news").await;
+    let (s, body) = nodes[0].publish("news", "e", json!(3)).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["offset"], 1, "new epoch starts over");
+    assert_eq!(a.message().await["data"], 3);
+    assert_eq!(b.message().await["data"], 3);
+    assert_eq!(c.subscribe("other").await["offset"], 0);
+}
+
+#[tokio::test]
+async fn a_node_starts_before_redis_and_becomes_ready() {
+    let mut redis = Redis::start();
+    redis.kill();
+    let gw = Gateway::start(&["--redis-url", &redis.url()]);
+    assert_eq!(gw.ready().await, 503);
+    let (s, _) = gw.publish("x", "e", json!(1)).await;
+    assert_eq!(s, 503);
+    redis.restart();
+    eventually("ready once Redis is up", || async {
+        gw.ready().await == 200
+    })
+    .await;
+    let mut c = gw.connected().await;
+    c.subscribe("x").await;
+    gw.publish("x", "e", json!(1)).await;
+    assert_eq!(c.message().await["offset"], 1);
+}
