@@ -326,10 +326,7 @@ impl Config {
 }
 
 /// Rejects `HERALD_*` variables that no flag reads, naming the first one.
-pub fn check_env(
-    vars: impl Iterator<Item = String>,
-    known: &[&str],
-) -> Result<(), ConfigError> {
+pub fn check_env(vars: impl Iterator<Item = String>, known: &[&str]) -> Result<(), ConfigError> {
     for name in vars {
         if name.starts_with("HERALD_") && !known.contains(&name.as_str()) {
             return Err(ConfigError::UnknownEnv(name));

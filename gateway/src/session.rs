@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, WriteHalf};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
@@ -64,11 +64,10 @@ pub async fn run(ws: WebSocket<Io>, ctx: Arc<SessionCtx>) {
     async move {
         let (r, w) = tokio::io::split(ws.into_inner());
         let read_stop = CancellationToken::new();
-        let (mut reader, _) = fastwebsockets::after_handshake_split(
-            CancelRead::new(r, read_stop.clone()),
-            tokio::io::sink(),
-            Role::Server,
-        );
+        let mut socket = CancelRead::new(r, read_stop.clone());
+        // Borrowed, so the raw socket can still be drained after the WebSocket reader gives up.
+        let (mut reader, _) =
+            fastwebsockets::after_handshake_split(&mut socket, tokio::io::sink(), Role::Server);
         reader.set_max_message_size(ctx.cfg.max_frame());
         let (tx, rx) = mpsc::channel(ctx.cfg.outbound_queue);
         let (pong_tx, pong_rx) = mpsc::channel(4);
@@ -94,8 +93,21 @@ pub async fn run(ws: WebSocket<Io>, ctx: Arc<SessionCtx>) {
             ctx: Arc::clone(&ctx),
             subs: HashSet::new(),
             session: format!("{id:016x}"),
+            broken: false,
         };
         r.run(&mut reader, pong_tx).await;
+        drop(reader);
+        if r.broken && matches!(link.ending(), Some(Ending::Close { .. })) {
+            // Keep reading (and discarding) until the client closes or the
+            // writer's close timeout passes: dropping a socket with unread
+            // input resets it, and the client could lose our close frame.
+            let mut scratch = vec![0u8; 4096];
+            while let Ok(n) = socket.read(&mut scratch).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        }
         read_stop.cancel();
         link.finish(Ending::Gone);
         let _ = writer.await;
@@ -115,12 +127,14 @@ struct Reader {
     ctx: Arc<SessionCtx>,
     subs: HashSet<Box<str>>,
     session: String,
+    /// The byte stream is no longer parseable as frames (protocol error, oversized frame).
+    broken: bool,
 }
 
 impl Reader {
     async fn run(
         &mut self,
-        ws: &mut fastwebsockets::WebSocketRead<CancelRead<tokio::io::ReadHalf<Io>>>,
+        ws: &mut fastwebsockets::WebSocketRead<&mut CancelRead<tokio::io::ReadHalf<Io>>>,
         pong_tx: mpsc::Sender<Bytes>,
     ) {
         // Pongs for WebSocket-level pings go to the writer; close frames are
@@ -138,6 +152,7 @@ impl Reader {
                 Ok(f) => f,
                 Err(e) => {
                     self.read_error(e);
+                    self.broken = true;
                     return;
                 }
             };
@@ -162,6 +177,7 @@ impl Reader {
                     // fastwebsockets caps single frames only; cap the whole message here.
                     if buf.len() + frame.payload.len() > max_frame {
                         self.link.close(CloseCode::MessageTooLarge);
+                        self.broken = true;
                         return;
                     }
                     buf.extend_from_slice(&frame.payload);
@@ -207,7 +223,8 @@ impl Reader {
         }
     }
 
-    fn protocol_error(&self, why: &'static str) {
+    fn protocol_error(&mut self, why: &'static str) {
+        self.broken = true;
         tracing::debug!(why, "closing on protocol error");
         self.link.close_with(CloseCode::ProtocolError, why);
     }
