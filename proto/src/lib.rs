@@ -11,6 +11,8 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
 
+pub mod redis;
+
 /// Longest channel name, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 255;
 /// Longest event name, in bytes.

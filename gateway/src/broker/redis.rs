@@ -6,7 +6,8 @@
 //!   after `state_ttl` without publish or subscribe, which starts a new epoch.
 //! - `herald:{<channel>}` — the pub/sub channel nodes subscribe to.
 //!
-//! [`PUBLISH_SCRIPT`] assigns the offset and publishes in one Lua call, so the
+//! The layout and [`PUBLISH_SCRIPT`] live in `herald_proto::redis`, so that
+//! backends and tools can publish straight into Redis. The script assigns the offset and publishes in one Lua call, so the
 //! order on the pub/sub channel is the offset order; the recovery issue adds
 //! the history stream append to that same script. A pub/sub payload is
 //! `<offset> <epoch>\n<complete client message frame>`: nodes forward the
@@ -22,6 +23,7 @@ use crate::metrics::metrics;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_proto::MessageFrame;
+use herald_proto::redis::{PUBLISH_SCRIPT, meta_key, pubsub_channel};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use serde_json::value::RawValue;
 use std::collections::HashSet;
@@ -29,20 +31,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-/// KEYS: meta, pubsub channel. ARGV: fresh epoch (used if none), ttl seconds,
-/// frame prefix (see [`MessageFrame::prefix`]). Returns `{epoch, offset}`.
-pub const PUBLISH_SCRIPT: &str = r#"
-local e = redis.call('HGET', KEYS[1], 'e')
-if not e then
-  e = ARGV[1]
-  redis.call('HSET', KEYS[1], 'e', e)
-end
-local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', KEYS[2], o .. ' ' .. e .. '\n' .. ARGV[3] .. e .. '","offset":' .. o .. '}')
-return {e, o}
-"#;
 
 /// KEYS: meta. ARGV: fresh epoch (used if none), ttl seconds. Returns `{epoch, offset}`.
 pub const POSITION_SCRIPT: &str = r#"
@@ -55,14 +43,6 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 local o = redis.call('HGET', KEYS[1], 'o') or '0'
 return {e, tonumber(o)}
 "#;
-
-pub fn meta_key(channel: &str) -> String {
-    format!("herald:{{{channel}}}:m")
-}
-
-pub fn pubsub_channel(channel: &str) -> String {
-    format!("herald:{{{channel}}}")
-}
 
 fn channel_of(pubsub_name: &str) -> Option<&str> {
     pubsub_name.strip_prefix("herald:{")?.strip_suffix('}')
