@@ -50,6 +50,10 @@ pub struct SessionCtx {
 struct Shared {
     connected: AtomicBool,
     pong_seen: AtomicBool,
+    /// Payload of the latest WebSocket-level ping, for the writer to answer
+    /// (a slot, not a queue: only the newest ping needs a pong).
+    ws_pong: std::sync::Mutex<Option<Bytes>>,
+    ws_pong_ready: tokio::sync::Notify,
 }
 
 /// Largest batch of queued frames coalesced into one write.
@@ -70,14 +74,12 @@ pub async fn run(ws: WebSocket<Io>, ctx: Arc<SessionCtx>) {
             fastwebsockets::after_handshake_split(&mut socket, tokio::io::sink(), Role::Server);
         reader.set_max_message_size(ctx.cfg.max_frame());
         let (tx, rx) = mpsc::channel(ctx.cfg.outbound_queue);
-        let (pong_tx, pong_rx) = mpsc::channel(4);
         let link = Arc::new(SessionLink::new(id, tx));
         let shared = Arc::new(Shared::default());
         let writer = tokio::spawn(
             Writer {
                 w,
                 rx,
-                pong_rx,
                 link: Arc::clone(&link),
                 shared: Arc::clone(&shared),
                 ctx: Arc::clone(&ctx),
@@ -95,7 +97,7 @@ pub async fn run(ws: WebSocket<Io>, ctx: Arc<SessionCtx>) {
             session: format!("{id:016x}"),
             broken: false,
         };
-        r.run(&mut reader, pong_tx).await;
+        r.run(&mut reader).await;
         drop(reader);
         if r.broken && matches!(link.ending(), Some(Ending::Close { .. })) {
             // Keep reading (and discarding) until the client closes or the
@@ -135,13 +137,15 @@ impl Reader {
     async fn run(
         &mut self,
         ws: &mut fastwebsockets::WebSocketRead<&mut CancelRead<tokio::io::ReadHalf<Io>>>,
-        pong_tx: mpsc::Sender<Bytes>,
     ) {
+        let shared = Arc::clone(&self.shared);
         // Pongs for WebSocket-level pings go to the writer; close frames are
         // answered by the writer when the session ends.
         let mut obligated = |f: Frame<'_>| {
             if f.opcode == OpCode::Pong {
-                let _ = pong_tx.try_send(Bytes::copy_from_slice(&f.payload));
+                *shared.ws_pong.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(Bytes::copy_from_slice(&f.payload));
+                shared.ws_pong_ready.notify_one();
             }
             std::future::ready(Ok::<(), std::convert::Infallible>(()))
         };
@@ -385,7 +389,6 @@ impl Reader {
 struct Writer {
     w: WriteHalf<Io>,
     rx: mpsc::Receiver<Bytes>,
-    pong_rx: mpsc::Receiver<Bytes>,
     link: Arc<SessionLink>,
     shared: Arc<Shared>,
     ctx: Arc<SessionCtx>,
@@ -446,8 +449,9 @@ impl Writer {
                         self.link.close(CloseCode::PingTimeout);
                     }
                 }
-                Some(p) = self.pong_rx.recv() => {
-                    push_frame(&mut self.buf, OpCode::Pong, &p);
+                _ = self.shared.ws_pong_ready.notified() => {
+                    let p = self.shared.ws_pong.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    push_frame(&mut self.buf, OpCode::Pong, &p.unwrap_or_default());
                     if self.flush().await.is_err() { break }
                 }
                 msg = self.rx.recv() => {

@@ -196,6 +196,11 @@ async fn bad_frames_get_errors_and_the_connection_stays_open() {
     assert_eq!(r["code"], "not_connected", "{r}");
     let r = c.request(json!({"op":"ping"})).await;
     assert_eq!(r["op"], "pong", "ping works before connect");
+    assert_eq!(
+        c.ws_ping(b"are you there").await,
+        b"are you there",
+        "WebSocket pings are answered"
+    );
     let r = c.request(json!({"op":"connect"})).await;
     assert_eq!(r["op"], "connected");
     let r = c.request(json!({"op":"connect"})).await;

@@ -386,6 +386,26 @@ impl Client {
         }
     }
 
+    /// Sends a WebSocket-level ping and returns the payload of the pong.
+    pub async fn ws_ping(&mut self, payload: &[u8]) -> Vec<u8> {
+        self.send_frame(Frame::new(
+            true,
+            OpCode::Ping,
+            None,
+            Payload::Borrowed(payload),
+        ))
+        .await;
+        loop {
+            let f = tokio::time::timeout(TIMEOUT, self.ws.read_frame())
+                .await
+                .expect("timed out waiting for pong")
+                .expect("read");
+            if f.opcode == OpCode::Pong {
+                return f.payload.to_vec();
+            }
+        }
+    }
+
     /// Next JSON frame; panics on close.
     pub async fn recv(&mut self) -> Value {
         match self.next_event().await {
