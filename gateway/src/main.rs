@@ -145,6 +145,11 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
+    // Every connection is a file descriptor: take all the kernel allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(max_open_files = n, "raised the file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     let node_id = cfg.node_id.clone().unwrap_or_else(|| {
         let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
             .take(6)
