@@ -409,48 +409,78 @@ impl Writer {
     async fn run(mut self) {
         let ctx = Arc::clone(&self.ctx);
         let cfg = &ctx.cfg;
+        let shared = Arc::clone(&self.shared);
+        let closed = self.link.closed().clone();
+        let shutdown = self.ctx.shutdown.clone();
+        // Long-lived futures are pinned once: re-creating them every loop
+        // would re-register their wakers (a lock each) on every batch.
+        let closed_fut = closed.cancelled();
+        let shutdown_fut = shutdown.cancelled();
+        let ws_pong = shared.ws_pong_ready.notified();
         let connect_deadline = Instant::now() + cfg.connect_timeout;
+        let timer = sleep_until(connect_deadline);
+        tokio::pin!(closed_fut, shutdown_fut, ws_pong, timer);
+        let mut timer_at = Some(connect_deadline);
         let mut ping =
             tokio::time::interval_at(Instant::now() + cfg.ping_interval, cfg.ping_interval);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut awaiting_connect = true;
         let mut pong_deadline: Option<Instant> = None;
         let mut drain_at: Option<Instant> = None;
-        let closed = self.link.closed().clone();
-        let shutdown = self.ctx.shutdown.clone();
-        let far = Instant::now() + Duration::from_secs(86400 * 365);
         loop {
-            let connected = self.shared.connected.load(Ordering::Acquire);
+            let connected = shared.connected.load(Ordering::Acquire);
+            if connected {
+                awaiting_connect = false;
+            }
+            // One timer serves the connect, pong and drain deadlines.
+            let next = [
+                awaiting_connect.then_some(connect_deadline),
+                pong_deadline,
+                drain_at,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            if next.is_some() && next != timer_at {
+                timer.as_mut().reset(next.unwrap_or(connect_deadline));
+                timer_at = next;
+            }
             tokio::select! {
                 biased;
-                _ = closed.cancelled() => break,
-                _ = shutdown.cancelled(), if drain_at.is_none() => {
+                _ = &mut closed_fut => break,
+                _ = &mut shutdown_fut, if drain_at.is_none() => {
                     // Spread reconnects over most of the drain window.
                     let window = self.ctx.drain.mul_f64(0.8);
                     drain_at = Some(Instant::now() + window.mul_f64(fastrand::f64()));
                 }
-                _ = sleep_until(drain_at.unwrap_or(far)), if drain_at.is_some() => {
-                    self.link.close(CloseCode::Shutdown);
-                }
-                _ = sleep_until(connect_deadline), if !connected => {
-                    self.link.close_with(CloseCode::ProtocolError, "no connect frame within connect_timeout");
+                _ = &mut timer, if next.is_some() => {
+                    timer_at = None;
+                    let now = Instant::now();
+                    if awaiting_connect && now >= connect_deadline {
+                        self.link.close_with(CloseCode::ProtocolError, "no connect frame within connect_timeout");
+                    }
+                    if pong_deadline.is_some_and(|d| now >= d) {
+                        if shared.pong_seen.load(Ordering::Acquire) {
+                            pong_deadline = None;
+                        } else {
+                            self.link.close(CloseCode::PingTimeout);
+                        }
+                    }
+                    if drain_at.is_some_and(|d| now >= d) {
+                        self.link.close(CloseCode::Shutdown);
+                    }
                 }
                 _ = ping.tick(), if connected => {
                     push_frame(&mut self.buf, OpCode::Text, br#"{"op":"ping"}"#);
                     if pong_deadline.is_none() {
-                        self.shared.pong_seen.store(false, Ordering::Release);
+                        shared.pong_seen.store(false, Ordering::Release);
                         pong_deadline = Some(Instant::now() + cfg.pong_timeout);
                     }
                     if self.flush().await.is_err() { break }
                 }
-                _ = sleep_until(pong_deadline.unwrap_or(far)), if pong_deadline.is_some() => {
-                    if self.shared.pong_seen.load(Ordering::Acquire) {
-                        pong_deadline = None;
-                    } else {
-                        self.link.close(CloseCode::PingTimeout);
-                    }
-                }
-                _ = self.shared.ws_pong_ready.notified() => {
-                    let p = self.shared.ws_pong.lock().unwrap_or_else(|e| e.into_inner()).take();
+                _ = &mut ws_pong => {
+                    ws_pong.set(shared.ws_pong_ready.notified());
+                    let p = shared.ws_pong.lock().unwrap_or_else(|e| e.into_inner()).take();
                     push_frame(&mut self.buf, OpCode::Pong, &p.unwrap_or_default());
                     if self.flush().await.is_err() { break }
                 }
