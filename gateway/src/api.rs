@@ -156,11 +156,6 @@ async fn publish_inner(st: &ApiState, body: Body) -> Result<Published, ApiError>
     validate_event(&req.event).map_err(ApiError::BadRequest)?;
     let data = req.data.unwrap_or(RawValue::NULL);
     check_data(data, st.max_payload)?;
-    if !st.node.is_ready() {
-        return Err(ApiError::Unavailable(
-            "broker unavailable; nothing was published".to_owned(),
-        ));
-    }
     let pos = st
         .node
         .publish(&req.channel, &req.event, data, Source::Api)
@@ -196,6 +191,7 @@ async fn broadcast_inner(st: &ApiState, body: Body) -> Result<serde_json::Value,
     validate_event(&req.event).map_err(ApiError::BadRequest)?;
     let data = req.data.unwrap_or(RawValue::NULL);
     check_data(data, st.max_payload)?;
+    // Refuse the whole batch up front rather than answer 200 with every channel failed.
     if !st.node.is_ready() {
         return Err(ApiError::Unavailable(
             "broker unavailable; nothing was published".to_owned(),

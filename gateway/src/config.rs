@@ -290,31 +290,51 @@ impl Config {
         if let Some(id) = &self.node_id {
             if id.is_empty() || id.len() > 64 || id.chars().any(|c| c.is_whitespace()) {
                 return bad(format!(
-                    "node_id must be 1-64 characters without whitespace, got {id:?}"
+                    "node_id must be 1-64 bytes without whitespace, got {id:?}"
                 ));
             }
         }
-        if let BrokerConfig::Redis(r) = &self.broker {
-            if !(r.url.starts_with("redis://")
-                || r.url.starts_with("rediss://")
-                || r.url.starts_with("redis+unix://")
-                || r.url.starts_with("unix://"))
-            {
+        match &self.broker {
+            BrokerConfig::Redis(r) => {
+                if r.url.starts_with("rediss://") {
+                    return bad(
+                        "broker.url: TLS (rediss://) is not supported by this build; \
+                         reach Redis over a private network or a TLS sidecar"
+                            .to_owned(),
+                    );
+                }
+                if !(r.url.starts_with("redis://")
+                    || r.url.starts_with("redis+unix://")
+                    || r.url.starts_with("unix://"))
+                {
+                    return bad(format!(
+                        "broker.url must start with redis:// (got {:?})",
+                        r.url
+                    ));
+                }
+                if r.timeout.is_zero() {
+                    return bad("broker.timeout must be greater than zero".to_owned());
+                }
+                if r.state_ttl < Duration::from_secs(1) {
+                    return bad("broker.state_ttl must be at least 1s".to_owned());
+                }
+            }
+            BrokerConfig::Memory(m) => {
+                if m.state_ttl < Duration::from_secs(1) {
+                    return bad("broker.state_ttl must be at least 1s".to_owned());
+                }
+            }
+        }
+        if open_mode && !self.server.allow_open {
+            let exposed = std::iter::once(self.server.listen)
+                .chain(self.server.admin_listen)
+                .find(|a| !a.ip().is_loopback());
+            if let Some(addr) = exposed {
                 return bad(format!(
-                    "broker.url must start with redis:// (got {:?})",
-                    r.url
+                    "refusing to run without authentication on non-loopback address {addr}; \
+                     pass --allow-open (HERALD_ALLOW_OPEN=true) if you really mean it"
                 ));
             }
-            if r.timeout.is_zero() || r.state_ttl < Duration::from_secs(1) {
-                return bad("broker.timeout and broker.state_ttl must be positive".to_owned());
-            }
-        }
-        if open_mode && !self.server.allow_open && !self.server.listen.ip().is_loopback() {
-            return bad(format!(
-                "refusing to run without authentication on non-loopback address {}; \
-                 pass --allow-open (HERALD_ALLOW_OPEN=true) if you really mean it",
-                self.server.listen
-            ));
         }
         if let Some(admin) = self.server.admin_listen {
             if admin == self.server.listen {
@@ -392,6 +412,10 @@ mod tests {
         assert!(err.to_string().contains("--allow-open"), "{err}");
         c.server.allow_open = true;
         c.validate(true).expect("consented");
+        let mut c = Config::default();
+        c.server.admin_listen = Some("0.0.0.0:9090".parse().expect("addr"));
+        let err = c.validate(true).expect_err("admin API exposed too");
+        assert!(err.to_string().contains("0.0.0.0:9090"), "{err}");
     }
 
     #[test]

@@ -24,7 +24,7 @@ pub struct Metrics {
     pub disconnects: IntCounterVec,
     /// Clients closed because their outbound queue was full.
     pub slow_consumers: IntCounter,
-    /// Broker failures, by `op` (publish, subscribe, unsubscribe, pubsub, connect).
+    /// Broker failures, by `op` (publish, subscribe, unsubscribe, pubsub, connect, decode, refresh).
     pub broker_errors: IntCounterVec,
     /// 1 while the broker is reachable.
     pub broker_up: IntGauge,

@@ -119,6 +119,15 @@ impl Node {
         data: &RawValue,
         source: Source,
     ) -> Result<Position, BrokerError> {
+        if !self.broker.is_ready() {
+            metrics()
+                .broker_errors
+                .with_label_values(&["publish"])
+                .inc();
+            return Err(BrokerError::Unavailable(
+                "broker is not connected".to_owned(),
+            ));
+        }
         match self.broker.publish(channel, event, data).await {
             Ok(p) => {
                 metrics()

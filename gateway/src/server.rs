@@ -3,8 +3,9 @@
 //! Builds hub → broker → node once, mounts `/ws` + the demo page on the
 //! public listener and the API, metrics and probes on the admin listener (or
 //! the public one when no admin listener is configured), and runs until
-//! SIGTERM/SIGINT, then drains: stop accepting, tell every client to
-//! reconnect (4000) spread over `drain_timeout`, wait for sessions, return.
+//! SIGTERM/SIGINT, then drains: refuse new WebSockets (503) and report
+//! not-ready, tell every client to reconnect (4000) spread over
+//! `drain_timeout`, wait for sessions, return.
 
 use crate::api::{self, ApiState};
 use crate::broker::memory::MemoryBroker;
@@ -138,19 +139,16 @@ impl Server {
             ),
             None => (public_routes.merge(admin_routes).fallback(not_found), None),
         };
+        // Listeners stay open through the drain: new WebSockets get 503 and
+        // /readyz says "draining", so probes see why; they close once every
+        // session has ended.
         let mut servers = Vec::new();
-        let sd = st.shutdown.clone();
-        servers.push(tokio::spawn(async move {
-            let _ = axum::serve(self.public, public_app)
-                .with_graceful_shutdown(sd.cancelled_owned())
-                .await;
-        }));
-        if let Some((l, app)) = admin_app {
-            // The admin side keeps answering probes and metrics during the drain.
+        let listeners = std::iter::once((self.public, public_app)).chain(admin_app);
+        for (listener, app) in listeners {
             let sd = st.shutdown.clone();
             let tracker = st.tracker.clone();
             servers.push(tokio::spawn(async move {
-                let _ = axum::serve(l, app)
+                let _ = axum::serve(listener, app)
                     .with_graceful_shutdown(async move {
                         sd.cancelled().await;
                         tracker.wait().await;

@@ -151,6 +151,8 @@ impl Reader {
         };
         let max_frame = self.ctx.cfg.max_frame();
         let mut fragments: Option<Vec<u8>> = None;
+        // Bytes of a fragmented binary message being skipped (0: none).
+        let mut skipping_binary = 0usize;
         loop {
             let frame = match ws.read_frame(&mut obligated).await {
                 Ok(f) => f,
@@ -174,6 +176,18 @@ impl Reader {
                     Err(_) => return self.protocol_error("text frame is not valid UTF-8"),
                 },
                 OpCode::Text => fragments = Some(frame.payload.to_vec()),
+                OpCode::Continuation if skipping_binary > 0 => {
+                    // Rest of a refused binary message: count it, drop it.
+                    skipping_binary += frame.payload.len();
+                    if skipping_binary > max_frame {
+                        self.link.close(CloseCode::MessageTooLarge);
+                        self.broken = true;
+                        return;
+                    }
+                    if frame.fin {
+                        skipping_binary = 0;
+                    }
+                }
                 OpCode::Continuation => {
                     let Some(buf) = fragments.as_mut() else {
                         return self.protocol_error("continuation frame without a message");
@@ -195,12 +209,17 @@ impl Reader {
                         }
                     }
                 }
-                OpCode::Binary => self.error(
-                    None,
-                    ErrorCode::BadRequest,
-                    "binary frames are not supported: send JSON text frames",
-                    None,
-                ),
+                OpCode::Binary => {
+                    if !frame.fin {
+                        skipping_binary = frame.payload.len().max(1);
+                    }
+                    self.error(
+                        None,
+                        ErrorCode::BadRequest,
+                        "binary frames are not supported: send JSON text frames",
+                        None,
+                    )
+                }
                 OpCode::Close => {
                     self.link.finish(Ending::ClientClosed);
                     return;

@@ -247,6 +247,22 @@ async fn bad_frames_get_errors_and_the_connection_stays_open() {
     c.send_frame(Frame::binary(Payload::Borrowed(b"\x00\x01")))
         .await;
     assert_eq!(c.recv().await["code"], "bad_request");
+    // A fragmented binary message is refused once, as a whole.
+    c.send_frame(Frame::new(
+        false,
+        OpCode::Binary,
+        None,
+        Payload::Borrowed(b"\x00"),
+    ))
+    .await;
+    c.send_frame(Frame::new(
+        true,
+        OpCode::Continuation,
+        None,
+        Payload::Borrowed(b"\x01"),
+    ))
+    .await;
+    assert_eq!(c.recv().await["code"], "bad_request");
 
     for (cmd, code) in [
         (json!({"op":"subscribe"}), "bad_request"),
@@ -417,7 +433,7 @@ async fn slow_consumer_is_closed_with_4001_and_others_keep_receiving() {
 
 #[tokio::test]
 async fn sigterm_drains_clients_with_4000_and_exits_0() {
-    let mut gw = Gateway::start(&["--drain-timeout", "1s"]);
+    let mut gw = Gateway::start(&["--drain-timeout", "2s"]);
     let mut clients = Vec::new();
     for _ in 0..5 {
         let mut c = gw.connected().await;
@@ -425,6 +441,21 @@ async fn sigterm_drains_clients_with_4000_and_exits_0() {
         clients.push(c);
     }
     gw.signal("TERM");
+    // While draining: not ready, and no new sessions.
+    eventually("readyz reports draining", || async {
+        http_get(gw.admin, "/readyz").await == (503, "draining\n".to_owned())
+    })
+    .await;
+    let upgrade = format!(
+        "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        gw.public
+    );
+    assert_eq!(
+        common::http(gw.public, upgrade).await.0,
+        503,
+        "new WebSockets refused"
+    );
     for c in &mut clients {
         let (code, notice) = c.closed().await;
         assert_eq!(code, 4000);

@@ -141,50 +141,48 @@ impl RedisBroker {
     /// Owns the pub/sub connection for the life of the process.
     async fn pubsub_task(self: Arc<Self>, shutdown: CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        let mut first = true;
         loop {
-            let connect = tokio::time::timeout(self.cfg.timeout, self.client.get_async_pubsub());
-            let pubsub = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = connect => r,
-            };
-            let pubsub = match pubsub {
-                Ok(Ok(p)) => p,
-                Ok(Err(e)) => {
+            if !first {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            first = false;
+            let (mut sub, mut stream) = match self.connect_pubsub().await {
+                Ok(p) => p.split(),
+                Err(e) => {
                     metrics()
                         .broker_errors
                         .with_label_values(&["connect"])
                         .inc();
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot connect to Redis");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-                Err(_) => {
-                    metrics()
-                        .broker_errors
-                        .with_label_values(&["connect"])
-                        .inc();
-                    tracing::warn!(retry_in = ?backoff, "timed out connecting to Redis");
                     continue;
                 }
             };
-            let (mut sub, mut stream) = pubsub.split();
             *self.pubsub.lock().unwrap_or_else(|e| e.into_inner()) = Some(sub.clone());
             if let Err(e) = self.resubscribe_all(&mut sub).await {
                 metrics().broker_errors.with_label_values(&["pubsub"]).inc();
-                tracing::warn!(error = %e, "resubscribing after reconnect failed");
+                tracing::warn!(error = %e, retry_in = ?backoff, "resubscribing after reconnect failed");
                 *self.pubsub.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 continue;
             }
             backoff = Duration::from_millis(100);
             self.set_up(true);
             tracing::info!(url = %redact(&self.cfg.url), "Redis pub/sub connected");
+            // Keys of channels with live subscribers must not expire while
+            // quiet: that would start a new epoch under their feet.
+            let mut refresh = tokio::time::interval(self.cfg.state_ttl / 3);
+            refresh.tick().await;
             loop {
                 let msg = tokio::select! {
                     _ = shutdown.cancelled() => return,
+                    _ = refresh.tick() => {
+                        self.refresh_ttls().await;
+                        continue;
+                    }
                     m = stream.next() => m,
                 };
                 let Some(msg) = msg else { break };
@@ -211,6 +209,56 @@ impl RedisBroker {
             metrics().broker_errors.with_label_values(&["pubsub"]).inc();
             tracing::warn!("Redis pub/sub connection lost; reconnecting");
         }
+    }
+
+    /// Opens the pub/sub connection and makes sure the command connection
+    /// works too (its first command after an outage may hit a dead socket).
+    async fn connect_pubsub(&self) -> Result<redis::aio::PubSub, BrokerError> {
+        let pubsub = tokio::time::timeout(self.cfg.timeout, self.client.get_async_pubsub())
+            .await
+            .map_err(|_| unavailable("timed out connecting"))?
+            .map_err(unavailable)?;
+        let mut last = None;
+        for _ in 0..3 {
+            let mut conn = self.conn.clone();
+            let cmd = redis::cmd("PING");
+            match tokio::time::timeout(self.cfg.timeout, cmd.query_async::<String>(&mut conn)).await
+            {
+                Ok(Ok(_)) => return Ok(pubsub),
+                Ok(Err(e)) => last = Some(e.to_string()),
+                Err(_) => last = Some("timed out".to_owned()),
+            }
+        }
+        Err(unavailable(last.unwrap_or_default()))
+    }
+
+    /// Pushes back the expiry of every subscribed channel's state.
+    async fn refresh_ttls(&self) {
+        let channels: Vec<Box<str>> = self
+            .wanted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        for chunk in channels.chunks(500) {
+            let mut pipe = redis::pipe();
+            for c in chunk {
+                pipe.expire(meta_key(c), self.ttl_secs() as i64).ignore();
+            }
+            let mut conn = self.conn.clone();
+            let res =
+                tokio::time::timeout(self.cfg.timeout, pipe.query_async::<()>(&mut conn)).await;
+            if !matches!(res, Ok(Ok(()))) {
+                metrics()
+                    .broker_errors
+                    .with_label_values(&["refresh"])
+                    .inc();
+                tracing::warn!("refreshing channel state expiry failed");
+                return;
+            }
+        }
+        tracing::debug!(channels = channels.len(), "refreshed channel state expiry");
     }
 
     /// Replays every wanted subscription and reports each channel's position,

@@ -486,7 +486,8 @@ impl Client {
     }
 }
 
-async fn http(addr: SocketAddr, req: String) -> (u16, String) {
+/// Sends a raw HTTP/1.1 request (which should say `Connection: close`).
+pub async fn http(addr: SocketAddr, req: String) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("http connect");
