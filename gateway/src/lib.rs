@@ -7,7 +7,8 @@
 //!    api  ──┘        (assigns epoch/offset)      (fan-out of one shared frame)
 //! ```
 //!
-//! - [`session`]: one reader/writer task pair per WebSocket, bounded outbound queue.
+//! - [`session`]: one reader/writer task pair per WebSocket, bounded outbound queue
+//!   ([`wsread`] parses its incoming frames).
 //! - [`hub`]: this node's channel → sessions index and fan-out; synchronous.
 //! - [`node`]: first/last local subscriber ↔ broker subscribe/unsubscribe.
 //! - [`broker`]: publish + position assignment, atomic per channel.
@@ -22,3 +23,4 @@ pub mod metrics;
 pub mod node;
 pub mod server;
 pub mod session;
+pub mod wsread;

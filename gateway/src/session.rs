@@ -16,8 +16,9 @@ use crate::config::SessionConfig;
 use crate::hub::{Ending, SessionLink};
 use crate::metrics::metrics;
 use crate::node::{Node, Source};
+use crate::wsread::{FrameReader, ReadError};
 use bytes::Bytes;
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket, WebSocketError};
+use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
 use herald_proto::{CloseCode, Command, ErrorCode, Reply, validate_channel, validate_event};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -69,10 +70,8 @@ pub async fn run(ws: WebSocket<Io>, ctx: Arc<SessionCtx>) {
         let (r, w) = tokio::io::split(ws.into_inner());
         let read_stop = CancellationToken::new();
         let mut socket = CancelRead::new(r, read_stop.clone());
-        // Borrowed, so the raw socket can still be drained after the WebSocket reader gives up.
-        let (mut reader, _) =
-            fastwebsockets::after_handshake_split(&mut socket, tokio::io::sink(), Role::Server);
-        reader.set_max_message_size(ctx.cfg.max_frame());
+        // Borrowed, so the raw socket can still be drained after the frame reader gives up.
+        let mut reader = FrameReader::new(&mut socket, ctx.cfg.max_frame());
         let (tx, rx) = mpsc::channel(ctx.cfg.outbound_queue);
         let link = Arc::new(SessionLink::new(id, tx));
         let shared = Arc::new(Shared::default());
@@ -134,27 +133,13 @@ struct Reader {
 }
 
 impl Reader {
-    async fn run(
-        &mut self,
-        ws: &mut fastwebsockets::WebSocketRead<&mut CancelRead<tokio::io::ReadHalf<Io>>>,
-    ) {
-        let shared = Arc::clone(&self.shared);
-        // Pongs for WebSocket-level pings go to the writer; close frames are
-        // answered by the writer when the session ends.
-        let mut obligated = |f: Frame<'_>| {
-            if f.opcode == OpCode::Pong {
-                *shared.ws_pong.lock().unwrap_or_else(|e| e.into_inner()) =
-                    Some(Bytes::copy_from_slice(&f.payload));
-                shared.ws_pong_ready.notify_one();
-            }
-            std::future::ready(Ok::<(), std::convert::Infallible>(()))
-        };
+    async fn run(&mut self, ws: &mut FrameReader<&mut CancelRead<tokio::io::ReadHalf<Io>>>) {
         let max_frame = self.ctx.cfg.max_frame();
         let mut fragments: Option<Vec<u8>> = None;
         // Bytes of a fragmented binary message being skipped (0: none).
         let mut skipping_binary = 0usize;
         loop {
-            let frame = match ws.read_frame(&mut obligated).await {
+            let frame = match ws.read_frame().await {
                 Ok(f) => f,
                 Err(e) => {
                     self.read_error(e);
@@ -224,24 +209,31 @@ impl Reader {
                     self.link.finish(Ending::ClientClosed);
                     return;
                 }
-                OpCode::Ping | OpCode::Pong => {}
+                OpCode::Ping => {
+                    // Answered by the writer; only the latest ping needs a pong.
+                    *self
+                        .shared
+                        .ws_pong
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(frame.payload.to_vec().into());
+                    self.shared.ws_pong_ready.notify_one();
+                }
+                OpCode::Pong => {}
             }
         }
     }
 
-    fn read_error(&self, e: WebSocketError) {
+    fn read_error(&self, e: ReadError) {
         match e {
-            WebSocketError::FrameTooLarge => {
+            ReadError::TooLarge => {
                 self.link.close(CloseCode::MessageTooLarge);
             }
-            WebSocketError::IoError(_)
-            | WebSocketError::UnexpectedEOF
-            | WebSocketError::ConnectionClosed => {
+            ReadError::Io(_) | ReadError::Eof => {
                 self.link.finish(Ending::Gone);
             }
-            other => {
-                tracing::debug!(error = %other, "WebSocket protocol violation");
-                self.link.close(CloseCode::ProtocolError);
+            ReadError::Protocol(why) => {
+                tracing::debug!(why, "WebSocket protocol violation");
+                self.link.close_with(CloseCode::ProtocolError, why);
             }
         }
     }
