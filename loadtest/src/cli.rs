@@ -1,0 +1,223 @@
+//! Command line: one subcommand per scenario, each with sane defaults.
+//!
+//! The structs are public so that tests build a scenario exactly as a user
+//! would, with `Cli::try_parse_from`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald-load",
+    version,
+    about = "Load-test tool for Herald and the Socket.IO peer"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// C clients all subscribed to S channels; publish R msg/s; measure delivery.
+    Fanout(FanoutArgs),
+    /// Ramp up C idle subscribed connections; measure server memory per connection.
+    Idle(IdleArgs),
+    /// N channels with one subscriber each; publish to random channels.
+    Channels(ChannelsArgs),
+    /// A steady fan-out plus clients that connect, subscribe and leave.
+    Churn(ChurnArgs),
+}
+
+/// Server kind behind `--url`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    Herald,
+    Socketio,
+}
+
+/// How publications enter the system.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishVia {
+    /// HTTP `POST /api/v1/publish` on the first URL.
+    Api,
+    /// Straight into Redis with Herald's publish script (needs --redis-url).
+    Redis,
+    /// Through a client WebSocket (`emit`; always so for Socket.IO).
+    Client,
+}
+
+/// Options every scenario takes.
+#[derive(Debug, Clone, Args)]
+pub struct Common {
+    /// Server base URL; repeat to spread clients round-robin over several nodes.
+    #[arg(
+        long = "url",
+        env = "HERALD_LOAD_URL",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub urls: Vec<String>,
+    /// Which server speaks at the URLs.
+    #[arg(long, value_enum, default_value_t = Target::Herald)]
+    pub target: Target,
+    /// Write the full report as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Draw the latency distribution and delivery rate into this SVG file.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Only warn (exit 0) when the load client itself was CPU-bound.
+    #[arg(long)]
+    pub allow_client_bound: bool,
+    /// No live progress on stderr.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Publishing and measuring options shared by fanout, channels and churn.
+#[derive(Debug, Clone, Args)]
+pub struct DeliveryArgs {
+    /// Publications per second, over all channels.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Padding bytes in each payload (`"p"`).
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Publish path for Herald (Socket.IO always publishes through a client).
+    #[arg(long, value_enum, default_value_t = PublishVia::Api)]
+    pub publish_via: PublishVia,
+    /// Redis of the Herald cluster, for --publish-via redis.
+    #[arg(long, env = "HERALD_LOAD_REDIS_URL", value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Concurrent publishing connections (api, redis, client).
+    #[arg(long, default_value_t = 4)]
+    pub publishers: usize,
+    /// Seconds to wait for stragglers after publishing stops.
+    #[arg(long, default_value_t = 2.0)]
+    pub grace: f64,
+    /// Connections being opened at once while setting up.
+    #[arg(long, default_value_t = 256)]
+    pub connect_concurrency: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct FanoutArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+    /// Subscribing clients.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Channels bench-0.. that every client subscribes to; publications rotate over them.
+    #[arg(long, default_value_t = 1)]
+    pub channels: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ChannelsArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+    /// Channels user-0.. with one subscriber each (client i subscribes user-i).
+    #[arg(long, default_value_t = 10_000)]
+    pub channels: usize,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    pub common: Common,
+    #[command(flatten)]
+    pub delivery: DeliveryArgs,
+    /// Steady subscribing clients.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Churning clients started per second (connect, subscribe, stay, leave).
+    #[arg(long, default_value_t = 50.0)]
+    pub churn_rate: f64,
+    /// Milliseconds a churning client stays subscribed before leaving.
+    #[arg(long, default_value_t = 500)]
+    pub churn_hold_ms: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IdleArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Idle connections to open.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Channels each connection subscribes to (client i: idle-(i*K+j) mod C).
+    #[arg(long, default_value_t = 1)]
+    pub channels_per_client: usize,
+    /// New connections per second during the ramp.
+    #[arg(long, default_value_t = 1000.0)]
+    pub connect_rate: f64,
+    /// Seconds to keep every connection open once all are up.
+    #[arg(long, default_value_t = 5.0)]
+    pub hold: f64,
+    /// Where each URL's memory is read (same order as --url), when not on the URL itself.
+    #[arg(long = "metrics-url", value_name = "URL")]
+    pub metrics_urls: Vec<String>,
+    /// Loopback source addresses 127.0.0.1..N to connect from [default: one per 20,000 connections].
+    #[arg(long, value_name = "N")]
+    pub source_addrs: Option<usize>,
+    /// Most connections one process holds before the tool forks workers.
+    #[arg(long, default_value_t = 18_000, hide = true)]
+    pub max_per_process: usize,
+    /// Internal: run as a worker of a parent `idle` run.
+    #[arg(long, hide = true)]
+    pub worker: bool,
+    /// Internal: global index of this worker's first client.
+    #[arg(long, default_value_t = 0, hide = true)]
+    pub client_offset: usize,
+    /// Internal: program to run as a worker [default: this executable].
+    #[arg(long, hide = true, value_name = "PATH")]
+    pub worker_exe: Option<PathBuf>,
+}
+
+impl Command {
+    pub fn common(&self) -> &Common {
+        match self {
+            Self::Fanout(a) => &a.common,
+            Self::Idle(a) => &a.common,
+            Self::Channels(a) => &a.common,
+            Self::Churn(a) => &a.common,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_repeatable_urls() {
+        let cli = Cli::try_parse_from([
+            "herald-load",
+            "fanout",
+            "--url",
+            "http://a:1",
+            "--url",
+            "http://b:2",
+        ])
+        .expect("parses");
+        let Command::Fanout(f) = cli.cmd else {
+            panic!("fanout")
+        };
+        assert_eq!(f.common.urls, ["http://a:1", "http://b:2"]);
+        assert_eq!(f.clients, 1000);
+        assert_eq!(f.delivery.rate, 100.0);
+        assert_eq!(f.delivery.publish_via, PublishVia::Api);
+        let cli = Cli::try_parse_from(["herald-load", "idle"]).expect("parses");
+        assert_eq!(cli.cmd.common().urls, ["http://127.0.0.1:8080"]);
+    }
+}

@@ -1,0 +1,48 @@
+//! `herald-load`: load-test tool for Herald and the Socket.IO peer.
+//!
+//! Scenarios (`fanout`, `idle`, `channels`, `churn`) live in [`delivery`] and
+//! [`idle`]; they drive many [`client`] tasks and the [`publish`]ers, account
+//! deliveries with [`stats`], and return a [`report::Report`] that `main`
+//! prints, writes as JSON and draws with [`plot`]. Everything a test needs is
+//! public so a scenario can run in-process against a real node.
+
+pub mod cli;
+pub mod client;
+pub mod delivery;
+pub mod idle;
+pub mod net;
+pub mod plot;
+pub mod progress;
+pub mod publish;
+pub mod report;
+pub mod scan;
+pub mod sio;
+pub mod stats;
+pub mod sys;
+
+use anyhow::Context;
+use cli::{Command, Common};
+use report::Report;
+
+/// Runs one scenario to its report (not the hidden worker mode).
+pub async fn run(cmd: Command) -> anyhow::Result<Report> {
+    match cmd {
+        Command::Fanout(a) => delivery::fanout(a).await,
+        Command::Channels(a) => delivery::channels(a).await,
+        Command::Churn(a) => delivery::churn(a).await,
+        Command::Idle(a) => idle::idle(a).await,
+    }
+}
+
+/// Writes `--json` and `--plot` files.
+pub fn write_outputs(report: &Report, common: &Common) -> anyhow::Result<()> {
+    if let Some(path) = &common.json {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &common.plot {
+        std::fs::write(path, plot::svg(report))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! `herald-load` binary: parses the command line, runs the scenario on a
+//! multi-threaded runtime, prints the table, writes the files, and exits
+//! non-zero when the run found a problem.
+
+use clap::Parser;
+use herald_loadtest::cli::{Cli, Command};
+use herald_loadtest::{run, sys, write_outputs};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sys::raise_nofile_limit();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Command::Idle(a) = &cli.cmd
+        && a.worker
+    {
+        return match rt.block_on(herald_loadtest::idle::worker(a.clone())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: worker: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let common = cli.cmd.common().clone();
+    let report = match rt.block_on(run(cli.cmd)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    print!("{}", report.table());
+    let mut ok = true;
+    if let Err(e) = write_outputs(&report, &common) {
+        eprintln!("error: {e:#}");
+        ok = false;
+    }
+    for p in &report.problems {
+        eprintln!("error: {p}");
+        ok = false;
+    }
+    // Connections may still be closing; do not wait for them.
+    rt.shutdown_background();
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}

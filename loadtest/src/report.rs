@@ -1,0 +1,292 @@
+//! The outcome of one run: a serde struct written as JSON with `--json` and
+//! rendered as a human-readable table on stdout.
+
+use crate::stats::{LatencySummary, SeqCounts};
+use crate::sys::CpuReport;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub scenario: String,
+    pub target: String,
+    pub urls: Vec<String>,
+    /// The scenario's settings, as run.
+    pub params: serde_json::Value,
+    pub clients: ClientsReport,
+    pub delivery: Option<DeliveryReport>,
+    pub churn: Option<ChurnReport>,
+    /// Server memory per node (idle).
+    pub memory: Vec<NodeMemory>,
+    pub cpu: Option<CpuReport>,
+    /// One point per second of the measured phase.
+    pub series: Vec<SeriesPoint>,
+    /// Reasons for a non-zero exit.
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClientsReport {
+    pub requested: u64,
+    pub connected: u64,
+    pub failed: u64,
+    pub first_error: Option<String>,
+    /// Seconds from the first connection attempt to the last one settled.
+    pub setup_seconds: f64,
+    /// Connections established per second of setup.
+    pub connect_rate: f64,
+    /// Connect + `connect` + subscribe time per client.
+    pub connect_latency: Option<LatencySummary>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeliveryReport {
+    pub published: u64,
+    pub publish_failed: u64,
+    pub publish_first_error: Option<String>,
+    pub publish_seconds: f64,
+    pub publish_rate: f64,
+    /// Subscribers that receive each publication.
+    pub subscribers_per_message: u64,
+    pub expected: u64,
+    /// Distinct deliveries received (duplicates not included).
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub out_of_order: u64,
+    pub deliveries_per_second: f64,
+    pub clients_with_loss: u64,
+    pub clients_with_duplicates: u64,
+    pub clients_with_reordering: u64,
+    /// Clients whose counts were not clean (first 1000).
+    pub per_client_anomalies: Vec<ClientAnomaly>,
+    /// Clients whose connection ended before the run did.
+    pub clients_dropped: u64,
+    pub first_drop_reason: Option<String>,
+    /// Publish → receive latency.
+    pub latency: LatencySummary,
+    /// `(quantile, µs)` points of the latency distribution.
+    pub latency_curve: Vec<(f64, u64)>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClientAnomaly {
+    pub client: usize,
+    #[serde(flatten)]
+    pub counts: SeqCounts,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ChurnReport {
+    pub started: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub first_error: Option<String>,
+    /// Connect + subscribe latency of churning clients.
+    pub connect_subscribe: LatencySummary,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NodeMemory {
+    pub url: String,
+    pub metrics_url: String,
+    pub connections: u64,
+    pub rss_before: u64,
+    pub rss_after: u64,
+    pub kib_per_connection: Option<f64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SeriesPoint {
+    /// Seconds since the measured phase began.
+    pub t: f64,
+    pub delivered_per_second: f64,
+    pub published_per_second: f64,
+    pub connections: u64,
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1000.0)
+}
+
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn latency_rows(out: &mut String, title: &str, l: &LatencySummary) {
+    let _ = writeln!(
+        out,
+        "  {title:<24} p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  ({} samples)",
+        ms(l.p50_us),
+        ms(l.p90_us),
+        ms(l.p99_us),
+        ms(l.p999_us),
+        ms(l.max_us),
+        thousands(l.count)
+    );
+}
+
+impl Report {
+    /// The human-readable summary printed on stdout.
+    pub fn table(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "herald-load {} against {} ({})",
+            self.scenario,
+            self.target,
+            self.urls.join(", ")
+        );
+        let c = &self.clients;
+        let _ = writeln!(
+            o,
+            "  {:<24} {} of {} ({} failed) in {:.1} s, {:.0}/s",
+            "clients connected",
+            thousands(c.connected),
+            thousands(c.requested),
+            thousands(c.failed),
+            c.setup_seconds,
+            c.connect_rate
+        );
+        if let Some(e) = &c.first_error {
+            let _ = writeln!(o, "  {:<24} {e}", "first connect error");
+        }
+        if let Some(l) = &c.connect_latency {
+            latency_rows(&mut o, "connect+subscribe", l);
+        }
+        if let Some(d) = &self.delivery {
+            let _ = writeln!(
+                o,
+                "  {:<24} {} in {:.1} s ({:.0}/s), {} failed",
+                "published",
+                thousands(d.published),
+                d.publish_seconds,
+                d.publish_rate,
+                thousands(d.publish_failed)
+            );
+            let _ = writeln!(
+                o,
+                "  {:<24} {} (× {} subscribers)",
+                "expected deliveries",
+                thousands(d.expected),
+                thousands(d.subscribers_per_message)
+            );
+            let _ = writeln!(
+                o,
+                "  {:<24} {} ({:.0}/s)",
+                "delivered",
+                thousands(d.delivered),
+                d.deliveries_per_second
+            );
+            let _ = writeln!(
+                o,
+                "  {:<24} lost {} ({} clients), duplicated {} ({}), out of order {} ({})",
+                "anomalies",
+                thousands(d.lost),
+                d.clients_with_loss,
+                thousands(d.duplicated),
+                d.clients_with_duplicates,
+                thousands(d.out_of_order),
+                d.clients_with_reordering
+            );
+            if d.clients_dropped > 0 {
+                let _ = writeln!(
+                    o,
+                    "  {:<24} {} ({})",
+                    "connections dropped",
+                    d.clients_dropped,
+                    d.first_drop_reason.as_deref().unwrap_or("?")
+                );
+            }
+            latency_rows(&mut o, "latency", &d.latency);
+        }
+        if let Some(ch) = &self.churn {
+            let _ = writeln!(
+                o,
+                "  {:<24} {} started, {} completed, {} failed",
+                "churn",
+                thousands(ch.started),
+                thousands(ch.completed),
+                thousands(ch.failed)
+            );
+            if let Some(e) = &ch.first_error {
+                let _ = writeln!(o, "  {:<24} {e}", "first churn error");
+            }
+            latency_rows(&mut o, "churn connect+subscribe", &ch.connect_subscribe);
+        }
+        for m in &self.memory {
+            let per = m
+                .kib_per_connection
+                .map_or_else(|| "n/a".to_owned(), |k| format!("{k:.1} KiB/conn"));
+            let _ = writeln!(
+                o,
+                "  {:<24} {}: {} conns, RSS {:.1} → {:.1} MiB, {per}",
+                "server memory",
+                m.url,
+                thousands(m.connections),
+                m.rss_before as f64 / 1048576.0,
+                m.rss_after as f64 / 1048576.0
+            );
+        }
+        if let Some(cpu) = &self.cpu {
+            let _ = writeln!(
+                o,
+                "  {:<24} {:.1} s CPU over {:.1} s = {:.0}% of {} cores",
+                "load client CPU",
+                cpu.cpu_seconds,
+                cpu.wall_seconds,
+                cpu.percent_of_cores,
+                cpu.cores
+            );
+        }
+        for w in &self.warnings {
+            let _ = writeln!(o, "  warning: {w}");
+        }
+        for p in &self.problems {
+            let _ = writeln!(o, "  PROBLEM: {p}");
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn table_mentions_the_numbers() {
+        let r = Report {
+            scenario: "fanout".to_owned(),
+            target: "herald".to_owned(),
+            delivery: Some(DeliveryReport {
+                published: 500,
+                delivered: 10_000,
+                ..DeliveryReport::default()
+            }),
+            problems: vec!["boom".to_owned()],
+            ..Report::default()
+        };
+        let t = r.table();
+        assert!(t.contains("10,000") && t.contains("PROBLEM: boom"), "{t}");
+        let json = serde_json::to_string(&r).expect("serializes");
+        let back: Report = serde_json::from_str(&json).expect("round trip");
+        assert_eq!(back.delivery.map(|d| d.published), Some(500));
+    }
+}
