@@ -32,7 +32,13 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# Ports below the ephemeral range, so the load client's own connections
+# (and their TIME_WAIT leftovers) never collide with a server's.
+free_port() {
+  local p
+  while p=$((20000 + RANDOM % 9000)); ss -tanH | awk '{print $4}' | grep -qE ":($p|$((p + 1)))$"; do :; done
+  echo "$p"
+}
 jq_py() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print($2)" "$1"; }
 
 start_redis() { # -> sets REDIS_PORT
@@ -125,8 +131,7 @@ if [ ! -d "$PEER/node_modules" ]; then
   (cd "$PEER" && npm install --no-audit --no-fund --silent >&2)
 fi
 start_redis
-S1=$(free_port)
-while S2=$((S1 + 1)); ss -ltn | grep -q ":$S2 "; do S1=$(free_port); done
+S1=$(free_port); S2=$((S1 + 1))  # free_port checked both
 (cd "$PEER" && NODES=2 BASE_PORT=$S1 REDIS_URL="redis://127.0.0.1:$REDIS_PORT" exec node server.js \
   >"$OUT/socketio.log" 2>&1) &
 pids+=($!)

@@ -21,6 +21,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use fastwebsockets::upgrade::IncomingUpgrade;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -148,6 +149,12 @@ impl Server {
             let sd = st.shutdown.clone();
             let tracker = st.tracker.clone();
             servers.push(tokio::spawn(async move {
+                // Deliveries are small frames that must leave at once: no Nagle.
+                let listener = listener.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                });
                 let _ = axum::serve(listener, app)
                     .with_graceful_shutdown(async move {
                         sd.cancelled().await;
