@@ -80,9 +80,7 @@ impl Server {
             drain: cfg.server.drain_timeout,
         });
         let bind = |addr: SocketAddr| async move {
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind { addr, source })
+            listen(addr).map_err(|source| ServerError::Bind { addr, source })
         };
         let public = bind(cfg.server.listen).await?;
         let admin = match cfg.server.admin_listen {
@@ -179,6 +177,19 @@ impl Server {
         }
         tracing::info!("stopped");
     }
+}
+
+/// Binds with a deep accept backlog: after a node restart thousands of
+/// clients reconnect at once, and a full backlog drops SYNs (1 s retries).
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }
 
 async fn ws_upgrade(State(st): State<AppState>, upgrade: IncomingUpgrade) -> Response {
