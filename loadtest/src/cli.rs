@@ -167,7 +167,7 @@ pub struct IdleArgs {
     /// Where each URL's memory is read (same order as --url), when not on the URL itself.
     #[arg(long = "metrics-url", value_name = "URL")]
     pub metrics_urls: Vec<String>,
-    /// Loopback source addresses 127.0.0.1..N to connect from [default: one per 20,000 connections].
+    /// Loopback source addresses 127.0.0.1..N to connect from [default: one per 10,000 connections].
     #[arg(long, value_name = "N")]
     pub source_addrs: Option<usize>,
     /// Most connections one process holds before the tool forks workers.

@@ -14,7 +14,7 @@ use crate::sio;
 use crate::stats::{LatencyBatch, LatencySink, SeqTracker, now_us};
 use anyhow::{Context, bail};
 use fastwebsockets::{Frame, OpCode, Payload};
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -88,7 +88,7 @@ pub enum Hold {
 pub struct ClientPlan {
     pub index: usize,
     pub ep: Arc<Endpoint>,
-    pub source: Option<IpAddr>,
+    pub source: Option<SocketAddr>,
     pub target: Target,
     pub channels: Channels,
     /// Slot in [`Run::delivered`]; `None` for clients that are not counted.

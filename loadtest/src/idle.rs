@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 /// Connections per loopback source address (ephemeral ports are ~28k per address).
-const PER_SOURCE: usize = 20_000;
+const PER_SOURCE: usize = 10_000;
 /// Descriptors kept free for everything else in a process.
 const FD_RESERVE: u64 = 256;
 

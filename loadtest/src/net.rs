@@ -96,24 +96,43 @@ pub fn split_url(url: &str) -> anyhow::Result<(String, String)> {
 }
 
 /// The i-th loopback source address 127.0.0.(i+1), or `None` to let the kernel pick.
-pub fn source_addr(i: usize, count: usize) -> Option<IpAddr> {
+pub fn source_addr(i: usize, count: usize) -> Option<SocketAddr> {
     if count <= 1 {
         return None;
     }
-    let n = u8::try_from(i % count.min(254) + 1).unwrap_or(1);
-    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)))
+    let count = count.min(254);
+    let n = u8::try_from(i % count + 1).unwrap_or(1);
+    // An explicit port per client: letting the kernel pick one at bind()
+    // scans the whole range per call and turns quadratic past ~10k sockets.
+    let port = FIRST_SOURCE_PORT + u16::try_from((i / count) % SOURCE_PORTS).unwrap_or(0);
+    Some(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, n)),
+        port,
+    ))
 }
 
+/// Source ports used with explicit source addresses (above typical server ports).
+const FIRST_SOURCE_PORT: u16 = 40_000;
+const SOURCE_PORTS: usize = 20_000;
+
 /// TCP connect, bound to `source` first when given.
-pub async fn tcp_connect(addr: SocketAddr, source: Option<IpAddr>) -> std::io::Result<TcpStream> {
+pub async fn tcp_connect(
+    addr: SocketAddr,
+    source: Option<SocketAddr>,
+) -> std::io::Result<TcpStream> {
     let stream = match source {
-        Some(ip) => {
+        Some(src) => {
             let sock = if addr.is_ipv4() {
                 TcpSocket::new_v4()?
             } else {
                 TcpSocket::new_v6()?
             };
-            sock.bind(SocketAddr::new(ip, 0))?;
+            // Let ports still in TIME_WAIT from an earlier run be reused.
+            sock.set_reuseaddr(true)?;
+            if sock.bind(src).is_err() {
+                // Port taken (by another program): let the kernel choose.
+                sock.bind(SocketAddr::new(src.ip(), 0))?;
+            }
             sock.connect(addr).await?
         }
         None => TcpStream::connect(addr).await?,
@@ -136,7 +155,11 @@ where
 }
 
 /// Opens a WebSocket to `path` on `ep` (connect + upgrade), within [`CONNECT_TIMEOUT`].
-pub async fn ws_connect(ep: &Endpoint, path: &str, source: Option<IpAddr>) -> anyhow::Result<Ws> {
+pub async fn ws_connect(
+    ep: &Endpoint,
+    path: &str,
+    source: Option<SocketAddr>,
+) -> anyhow::Result<Ws> {
     Ok(FragmentCollector::new(
         ws_connect_raw(ep, path, source).await?,
     ))
@@ -146,7 +169,7 @@ pub async fn ws_connect(ep: &Endpoint, path: &str, source: Option<IpAddr>) -> an
 pub async fn ws_connect_raw(
     ep: &Endpoint,
     path: &str,
-    source: Option<IpAddr>,
+    source: Option<SocketAddr>,
 ) -> anyhow::Result<RawWs> {
     tokio::time::timeout(CONNECT_TIMEOUT, ws_connect_inner(ep, path, source))
         .await
@@ -156,7 +179,7 @@ pub async fn ws_connect_raw(
 async fn ws_connect_inner(
     ep: &Endpoint,
     path: &str,
-    source: Option<IpAddr>,
+    source: Option<SocketAddr>,
 ) -> anyhow::Result<RawWs> {
     let stream = tcp_connect(ep.addr, source)
         .await
@@ -287,7 +310,13 @@ mod tests {
     #[test]
     fn source_addresses_cycle_over_loopback() {
         assert_eq!(source_addr(5, 1), None);
-        assert_eq!(source_addr(0, 3), Some("127.0.0.1".parse().expect("ip")));
-        assert_eq!(source_addr(4, 3), Some("127.0.0.2".parse().expect("ip")));
+        assert_eq!(
+            source_addr(0, 3),
+            Some("127.0.0.1:40000".parse().expect("addr"))
+        );
+        assert_eq!(
+            source_addr(4, 3),
+            Some("127.0.0.2:40001".parse().expect("addr"))
+        );
     }
 }
