@@ -107,8 +107,9 @@ wait_ready() { # URL
 start_redis
 H1=$(free_port); H2=$(free_port)
 for p in "$H1" "$H2"; do
+  # One runtime thread per node, like each single-threaded Node.js process of the peer.
   "$ROOT/target/release/herald" serve --listen "127.0.0.1:$p" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
-    --log warn >"$OUT/herald-$p.log" 2>&1 &
+    --worker-threads "${HERALD_THREADS:-1}" --log warn >"$OUT/herald-$p.log" 2>&1 &
   pids+=($!)
 done
 wait_ready "http://127.0.0.1:$H1"; wait_ready "http://127.0.0.1:$H2"

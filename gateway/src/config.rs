@@ -63,6 +63,11 @@ pub struct ServerConfig {
     /// Window over which clients are told to reconnect on SIGTERM, so they do not stampede.
     #[serde(with = "duration_str")]
     pub drain_timeout: Duration,
+    /// Runtime worker threads; `None` = one per CPU. Several nodes sharing a
+    /// machine run best with their cores split between them (measured:
+    /// docs/benchmarks.md), since work stealing across oversubscribed cores
+    /// costs more than it gains.
+    pub worker_threads: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -72,6 +77,7 @@ impl Default for ServerConfig {
             admin_listen: None,
             allow_open: false,
             drain_timeout: Duration::from_secs(10),
+            worker_threads: None,
         }
     }
 }
@@ -185,6 +191,7 @@ pub struct Overrides {
     pub max_payload: Option<usize>,
     pub outbound_queue: Option<usize>,
     pub max_subscriptions: Option<usize>,
+    pub worker_threads: Option<usize>,
 }
 
 impl Config {
@@ -235,6 +242,9 @@ impl Config {
         if let Some(v) = o.drain_timeout {
             self.server.drain_timeout = v;
         }
+        if let Some(v) = o.worker_threads {
+            self.server.worker_threads = Some(v);
+        }
         let s = &mut self.session;
         if let Some(v) = o.connect_timeout {
             s.connect_timeout = v;
@@ -283,6 +293,11 @@ impl Config {
                 "session.outbound_queue must be at least 8, got {}",
                 s.outbound_queue
             ));
+        }
+        if let Some(n) = self.server.worker_threads {
+            if n == 0 || n > 1024 {
+                return bad(format!("server.worker_threads must be 1 to 1024, got {n}"));
+            }
         }
         if s.max_subscriptions == 0 {
             return bad("session.max_subscriptions must be at least 1".to_owned());

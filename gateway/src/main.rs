@@ -77,6 +77,9 @@ struct ServeArgs {
     /// Subscriptions allowed per connection [default: 256].
     #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS", value_name = "N")]
     max_subscriptions: Option<usize>,
+    /// Runtime worker threads [default: one per CPU].
+    #[arg(long, env = "HERALD_WORKER_THREADS", value_name = "N")]
+    worker_threads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -92,13 +95,21 @@ struct PublishArgs {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
     match cli.cmd {
-        Cmd::Serve(args) => rt.block_on(serve(*args)),
-        Cmd::Publish(args) => rt.block_on(publish(args)),
+        Cmd::Serve(args) => {
+            let cfg = load_config(*args)?;
+            if let Some(n) = cfg.server.worker_threads {
+                rt.worker_threads(n);
+            }
+            let rt = rt.build().context("starting the async runtime")?;
+            rt.block_on(serve(cfg))
+        }
+        Cmd::Publish(args) => {
+            let rt = rt.build().context("starting the async runtime")?;
+            rt.block_on(publish(args))
+        }
     }
 }
 
@@ -111,7 +122,11 @@ fn known_env() -> Vec<String> {
         .collect()
 }
 
-async fn serve(a: ServeArgs) -> anyhow::Result<()> {
+/// No authentication exists yet, so every node runs in open mode.
+const OPEN_MODE: bool = true;
+
+/// File, then environment, then flags; validated once.
+fn load_config(a: ServeArgs) -> anyhow::Result<Config> {
     let known = known_env();
     let known: Vec<&str> = known.iter().map(String::as_str).collect();
     config::check_env(std::env::vars().map(|(k, _)| k), &known)?;
@@ -133,10 +148,14 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         max_payload: a.max_payload,
         outbound_queue: a.outbound_queue,
         max_subscriptions: a.max_subscriptions,
+        worker_threads: a.worker_threads,
     });
-    // No authentication exists yet, so every node runs in open mode.
-    let open_mode = true;
-    cfg.validate(open_mode)?;
+    cfg.validate(OPEN_MODE)?;
+    Ok(cfg)
+}
+
+async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let open_mode = OPEN_MODE;
 
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
         .with_context(|| format!("invalid log filter {:?}", cfg.log))?;

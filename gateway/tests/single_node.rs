@@ -515,6 +515,9 @@ fn bad_configuration_is_refused_with_the_reason() {
 
     let err = Gateway::fail_to_start(&["--ping-interval", "0s"], &[]);
     assert!(err.contains("ping_interval"), "{err}");
+
+    let err = Gateway::fail_to_start(&["--worker-threads", "0"], &[]);
+    assert!(err.contains("worker_threads"), "{err}");
 }
 
 #[tokio::test]
@@ -537,6 +540,7 @@ async fn env_and_file_configure_the_node_and_flags_win() {
         &[
             ("HERALD_PING_INTERVAL", "3s"),
             ("HERALD_NODE_ID", "from-env"),
+            ("HERALD_WORKER_THREADS", "1"),
         ],
     );
     assert_eq!(gw.node, "from-flag");
