@@ -20,9 +20,10 @@ use herald_proto::CloseCode;
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use tokio::sync::Notify;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 const SHARDS: usize = 64;
 /// Publications held for a channel while its broker subscription is being set up.
@@ -48,7 +49,7 @@ pub struct SessionLink {
     /// The session's bounded outbound queue of complete text-frame payloads.
     tx: mpsc::Sender<Bytes>,
     ending: OnceLock<Ending>,
-    closed: CancellationToken,
+    closed: Signal,
 }
 
 impl SessionLink {
@@ -57,7 +58,7 @@ impl SessionLink {
             id,
             tx,
             ending: OnceLock::new(),
-            closed: CancellationToken::new(),
+            closed: Signal::default(),
         }
     }
 
@@ -93,7 +94,7 @@ impl SessionLink {
     /// Records how the session ends and wakes its writer. True for the first caller.
     pub fn finish(&self, ending: Ending) -> bool {
         let first = self.ending.set(ending).is_ok();
-        self.closed.cancel();
+        self.closed.raise();
         first
     }
 
@@ -109,8 +110,41 @@ impl SessionLink {
         }
     }
 
-    pub fn closed(&self) -> &CancellationToken {
+    /// Raised once the session should end.
+    pub fn closed(&self) -> &Signal {
         &self.closed
+    }
+}
+
+/// A one-way flag with an async wait. Polling a pending wait is one atomic
+/// load, where a `CancellationToken` takes a mutex on every poll; the
+/// session writer polls one on every batch.
+#[derive(Default)]
+pub struct Signal {
+    raised: AtomicBool,
+    notify: Notify,
+}
+
+impl Signal {
+    pub fn raise(&self) {
+        self.raised.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_raised(&self) -> bool {
+        self.raised.load(Ordering::Acquire)
+    }
+
+    /// Completes once raised (immediately if it already was).
+    pub async fn wait(&self) {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        // Register before checking, so a raise in between is not missed.
+        notified.as_mut().enable();
+        if self.is_raised() {
+            return;
+        }
+        notified.await;
     }
 }
 

@@ -12,7 +12,7 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::config::{BrokerConfig, Config};
-use crate::hub::Hub;
+use crate::hub::{Hub, Signal};
 use crate::metrics::metrics;
 use crate::node::Node;
 use crate::session::{self, SessionCtx};
@@ -73,10 +73,17 @@ impl Server {
             BrokerConfig::Redis(r) => RedisBroker::start(r, hub.clone(), shutdown.clone())?,
         };
         let node = Arc::new(Node::new(node_id, hub, broker));
+        // Sessions watch a cheap signal rather than the token itself.
+        let drain = Arc::new(Signal::default());
+        let (sd, raise) = (shutdown.clone(), Arc::clone(&drain));
+        tokio::spawn(async move {
+            sd.cancelled().await;
+            raise.raise();
+        });
         let sessions = Arc::new(SessionCtx {
             node: node.clone(),
             cfg: cfg.session.clone(),
-            shutdown: shutdown.clone(),
+            shutdown: drain,
             drain: cfg.server.drain_timeout,
         });
         let bind = |addr: SocketAddr| async move {

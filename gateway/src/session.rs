@@ -13,7 +13,7 @@
 //! I/O error that `read_frame` returns normally.
 
 use crate::config::SessionConfig;
-use crate::hub::{Ending, SessionLink};
+use crate::hub::{Ending, SessionLink, Signal};
 use crate::metrics::metrics;
 use crate::node::{Node, Source};
 use crate::wsread::{FrameReader, ReadError};
@@ -33,7 +33,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, Wri
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use tracing::Instrument;
 
 type Io = TokioIo<Upgraded>;
 
@@ -41,8 +40,8 @@ type Io = TokioIo<Upgraded>;
 pub struct SessionCtx {
     pub node: Arc<Node>,
     pub cfg: SessionConfig,
-    /// Cancelled on SIGTERM/SIGINT: sessions then leave within `drain`.
-    pub shutdown: CancellationToken,
+    /// Raised on SIGTERM/SIGINT: sessions then leave within `drain`.
+    pub shutdown: Arc<Signal>,
     pub drain: Duration,
 }
 
@@ -65,8 +64,9 @@ pub async fn run(ws: WebSocket<Io>, ctx: Arc<SessionCtx>) {
     let m = metrics();
     m.connections.inc();
     let id = fastrand::u64(..);
-    let span = tracing::debug_span!("session", id = %format_args!("{id:016x}"));
-    async move {
+    // No span around the session: entering one on every poll of every
+    // writer costs ~3% at high fan-out (measured); events carry the id.
+    {
         let (r, w) = tokio::io::split(ws.into_inner());
         let read_stop = CancellationToken::new();
         let mut socket = CancelRead::new(r, read_stop.clone());
@@ -85,8 +85,7 @@ pub async fn run(ws: WebSocket<Io>, ctx: Arc<SessionCtx>) {
                 read_stop: read_stop.clone(),
                 buf: Vec::new(),
             }
-            .run()
-            .in_current_span(),
+            .run(),
         );
         let mut r = Reader {
             link: Arc::clone(&link),
@@ -115,10 +114,8 @@ pub async fn run(ws: WebSocket<Io>, ctx: Arc<SessionCtx>) {
         for ch in r.subs.drain() {
             ctx.node.unsubscribe(&ch, id).await;
         }
-        tracing::debug!(ending = ?link.ending(), "session ended");
+        tracing::debug!(session = %format_args!("{id:016x}"), ending = ?link.ending(), "session ended");
     }
-    .instrument(span)
-    .await;
     m.connections.dec();
 }
 
@@ -147,7 +144,7 @@ impl Reader {
                     return;
                 }
             };
-            if self.link.closed().is_cancelled() {
+            if self.link.closed().is_raised() {
                 // Closing: keep draining the socket (so our close frame is not
                 // lost to a reset) until the client's close or EOF.
                 if frame.opcode == OpCode::Close {
@@ -421,12 +418,11 @@ impl Writer {
         let ctx = Arc::clone(&self.ctx);
         let cfg = &ctx.cfg;
         let shared = Arc::clone(&self.shared);
-        let closed = self.link.closed().clone();
-        let shutdown = self.ctx.shutdown.clone();
+        let link = Arc::clone(&self.link);
         // Long-lived futures are pinned once: re-creating them every loop
         // would re-register their wakers (a lock each) on every batch.
-        let closed_fut = closed.cancelled();
-        let shutdown_fut = shutdown.cancelled();
+        let closed_fut = link.closed().wait();
+        let shutdown_fut = ctx.shutdown.wait();
         let ws_pong = shared.ws_pong_ready.notified();
         let connect_deadline = Instant::now() + cfg.connect_timeout;
         let timer = sleep_until(connect_deadline);
@@ -525,7 +521,7 @@ impl Writer {
                         return Err(e);
                     }
                 },
-                _ = self.link.closed().cancelled() => {
+                _ = self.link.closed().wait() => {
                     self.buf.drain(..pos);
                     return Ok(());
                 }
@@ -555,7 +551,7 @@ impl Writer {
                     .disconnects
                     .with_label_values(&[&code.code().to_string()])
                     .inc();
-                tracing::debug!(code = code.code(), reason, "server closing session");
+                tracing::debug!(session = %format_args!("{:016x}", self.link.id), code = code.code(), reason, "server closing session");
                 let notice = Reply::Disconnect {
                     code: code.code(),
                     reason,
