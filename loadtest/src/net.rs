@@ -121,24 +121,39 @@ pub async fn tcp_connect(
     source: Option<SocketAddr>,
 ) -> std::io::Result<TcpStream> {
     let stream = match source {
-        Some(src) => {
-            let sock = if addr.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
-            // Let ports still in TIME_WAIT from an earlier run be reused.
-            sock.set_reuseaddr(true)?;
-            if sock.bind(src).is_err() {
-                // Port taken (by another program): let the kernel choose.
-                sock.bind(SocketAddr::new(src.ip(), 0))?;
+        Some(src) => match connect_from(addr, src).await {
+            Ok(s) => s,
+            // The 4-tuple is still taken (e.g. TIME_WAIT of an earlier run
+            // to the same server port): let the kernel pick a port instead.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::AddrNotAvailable | std::io::ErrorKind::AddrInUse
+                ) =>
+            {
+                connect_from(addr, SocketAddr::new(src.ip(), 0)).await?
             }
-            sock.connect(addr).await?
-        }
+            Err(e) => return Err(e),
+        },
         None => TcpStream::connect(addr).await?,
     };
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+async fn connect_from(addr: SocketAddr, src: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    // Let ports still in TIME_WAIT from an earlier run be reused.
+    sock.set_reuseaddr(true)?;
+    if sock.bind(src).is_err() {
+        // Port taken (by another program): let the kernel choose.
+        sock.bind(SocketAddr::new(src.ip(), 0))?;
+    }
+    sock.connect(addr).await
 }
 
 /// Runs hyper's connection futures on the tokio runtime.
