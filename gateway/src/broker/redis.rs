@@ -232,15 +232,15 @@ impl RedisBroker {
         Err(unavailable(last.unwrap_or_default()))
     }
 
+    /// The channels this node wants, copied out of the lock.
+    fn wanted_snapshot(&self) -> Vec<Box<str>> {
+        let wanted = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+        wanted.iter().cloned().collect()
+    }
+
     /// Pushes back the expiry of every subscribed channel's state.
     async fn refresh_ttls(&self) {
-        let channels: Vec<Box<str>> = self
-            .wanted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect();
+        let channels = self.wanted_snapshot();
         for chunk in channels.chunks(500) {
             let mut pipe = redis::pipe();
             for c in chunk {
@@ -264,13 +264,7 @@ impl RedisBroker {
     /// Replays every wanted subscription and reports each channel's position,
     /// so the sink can tell clients that may have missed publications.
     async fn resubscribe_all(&self, sub: &mut PubSubSink) -> Result<(), BrokerError> {
-        let channels: Vec<Box<str>> = self
-            .wanted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect();
+        let channels = self.wanted_snapshot();
         if channels.is_empty() {
             return Ok(());
         }
