@@ -100,6 +100,8 @@ pub struct SessionConfig {
     /// Frames buffered per connection before it counts as a slow consumer (4001).
     pub outbound_queue: usize,
     pub max_subscriptions: usize,
+    /// Most publications replayed per channel on recovery; a larger gap is `recovered: false`.
+    pub recovery_max: usize,
     /// How long a final `disconnect` + close frame may take to reach a client.
     #[serde(with = "duration_str")]
     pub close_timeout: Duration,
@@ -114,6 +116,7 @@ impl Default for SessionConfig {
             max_payload: 64 * 1024,
             outbound_queue: 1024,
             max_subscriptions: 256,
+            recovery_max: 1000,
             close_timeout: Duration::from_secs(3),
         }
     }
@@ -143,12 +146,72 @@ pub struct MemoryConfig {
     /// after this long, so millions of one-off channel names do not pile up.
     #[serde(with = "duration_str")]
     pub state_ttl: Duration,
+    /// Latest publications kept per channel for recovery (0 turns history off).
+    pub history_size: usize,
+    /// Publications older than this are not replayed.
+    #[serde(with = "duration_str")]
+    pub history_ttl: Duration,
 }
 
 impl Default for MemoryConfig {
     fn default() -> Self {
+        let h = HistoryConfig::default();
         Self {
             state_ttl: Duration::from_secs(3600),
+            history_size: h.size,
+            history_ttl: h.ttl,
+        }
+    }
+}
+
+/// How much of each channel's past is kept for recovery; both backends
+/// carry these two settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HistoryConfig {
+    pub size: usize,
+    pub ttl: Duration,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        Self {
+            size: 100,
+            ttl: Duration::from_secs(300),
+        }
+    }
+}
+
+impl BrokerConfig {
+    pub fn history(&self) -> HistoryConfig {
+        match self {
+            Self::Memory(m) => HistoryConfig {
+                size: m.history_size,
+                ttl: m.history_ttl,
+            },
+            Self::Redis(r) => HistoryConfig {
+                size: r.history_size,
+                ttl: r.history_ttl,
+            },
+        }
+    }
+
+    fn set_history(&mut self, size: Option<usize>, ttl: Option<Duration>) {
+        let (s, t) = match self {
+            Self::Memory(m) => (&mut m.history_size, &mut m.history_ttl),
+            Self::Redis(r) => (&mut r.history_size, &mut r.history_ttl),
+        };
+        if let Some(v) = size {
+            *s = v;
+        }
+        if let Some(v) = ttl {
+            *t = v;
+        }
+    }
+
+    fn state_ttl(&self) -> Duration {
+        match self {
+            Self::Memory(m) => m.state_ttl,
+            Self::Redis(r) => r.state_ttl,
         }
     }
 }
@@ -163,6 +226,11 @@ pub struct RedisConfig {
     /// Bound on every Redis command, so a hung Redis turns into `unavailable` quickly.
     #[serde(with = "duration_str")]
     pub timeout: Duration,
+    /// Latest publications kept per channel in a Redis stream (0 turns history off).
+    pub history_size: usize,
+    /// Stream entries older than this are not replayed; the stream itself expires after it.
+    #[serde(with = "duration_str")]
+    pub history_ttl: Duration,
 }
 
 impl Default for RedisConfig {
@@ -171,6 +239,8 @@ impl Default for RedisConfig {
             url: "redis://127.0.0.1:6379".to_owned(),
             state_ttl: Duration::from_secs(3600),
             timeout: Duration::from_secs(2),
+            history_size: HistoryConfig::default().size,
+            history_ttl: HistoryConfig::default().ttl,
         }
     }
 }
@@ -192,6 +262,9 @@ pub struct Overrides {
     pub outbound_queue: Option<usize>,
     pub max_subscriptions: Option<usize>,
     pub worker_threads: Option<usize>,
+    pub history_size: Option<usize>,
+    pub history_ttl: Option<Duration>,
+    pub recovery_max: Option<usize>,
 }
 
 impl Config {
@@ -245,6 +318,7 @@ impl Config {
         if let Some(v) = o.worker_threads {
             self.server.worker_threads = Some(v);
         }
+        self.broker.set_history(o.history_size, o.history_ttl);
         let s = &mut self.session;
         if let Some(v) = o.connect_timeout {
             s.connect_timeout = v;
@@ -263,6 +337,9 @@ impl Config {
         }
         if let Some(v) = o.max_subscriptions {
             s.max_subscriptions = v;
+        }
+        if let Some(v) = o.recovery_max {
+            s.recovery_max = v;
         }
     }
 
@@ -339,6 +416,20 @@ impl Config {
                     return bad("broker.state_ttl must be at least 1s".to_owned());
                 }
             }
+        }
+        let h = self.broker.history();
+        if h.size > 100_000 {
+            return bad(format!(
+                "broker.history_size must be at most 100000, got {}",
+                h.size
+            ));
+        }
+        if h.size > 0 && (h.ttl < Duration::from_secs(1) || h.ttl > self.broker.state_ttl()) {
+            return bad(format!(
+                "broker.history_ttl must be between 1s and broker.state_ttl ({:?}), got {:?}",
+                self.broker.state_ttl(),
+                h.ttl
+            ));
         }
         if open_mode && !self.server.allow_open {
             let exposed = std::iter::once(self.server.listen)

@@ -160,8 +160,20 @@ enum State {
 
 struct Channel {
     state: State,
-    subs: Vec<Arc<SessionLink>>,
+    subs: Vec<Sub>,
 }
+
+/// A subscriber. New subscribers start *held*: their publications are kept
+/// aside until the session has sent its `subscribed` reply and any recovered
+/// history, then [`Hub::release`] hands them over in order.
+struct Sub {
+    link: Arc<SessionLink>,
+    held: Option<Vec<Bytes>>,
+}
+
+/// Most publications kept aside for one held subscriber before it counts as
+/// a slow consumer.
+const HOLD_LIMIT: usize = 4096;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Leave {
@@ -199,28 +211,29 @@ impl Hub {
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds `link` to an already active channel; `on_added` runs under the
-    /// shard lock so its reply is queued before any later publication.
-    /// Returns false when the channel is not active here (slow path needed).
-    pub fn try_join(
-        &self,
-        channel: &str,
-        link: &Arc<SessionLink>,
-        on_added: impl FnOnce(&Position),
-    ) -> bool {
+    /// Adds `link`, held, to an already active channel and returns the
+    /// position its subscription starts after. `None` when the channel is not
+    /// active here (the slow path through the broker is needed). A session
+    /// already subscribed keeps its place (and stays live).
+    pub fn try_join(&self, channel: &str, link: &Arc<SessionLink>) -> Option<Position> {
         let mut map = self.shard(channel);
-        let Some(ch) = map.get_mut(channel) else {
-            return false;
-        };
+        let ch = map.get_mut(channel)?;
         let State::Active(pos) = &ch.state else {
-            return false;
+            return None;
         };
-        if !ch.subs.iter().any(|s| s.id == link.id) {
-            ch.subs.push(Arc::clone(link));
+        let pos = pos.clone();
+        Self::add(ch, link);
+        Some(pos)
+    }
+
+    fn add(ch: &mut Channel, link: &Arc<SessionLink>) {
+        if !ch.subs.iter().any(|s| s.link.id == link.id) {
+            ch.subs.push(Sub {
+                link: Arc::clone(link),
+                held: Some(Vec::new()),
+            });
             metrics().subscriptions.inc();
         }
-        on_added(pos);
-        true
     }
 
     /// Starts holding publications of `channel` before its broker subscription.
@@ -241,19 +254,13 @@ impl Hub {
         }
     }
 
-    /// Completes a subscription: the broker reported `pos` after delivery
-    /// started. Held publications after `pos` are delivered in order, after
-    /// `on_added` queued the reply.
-    pub fn activate(
-        &self,
-        channel: &str,
-        mut pos: Position,
-        link: &Arc<SessionLink>,
-        on_added: impl FnOnce(&Position),
-    ) {
+    /// Completes a channel's broker subscription: the broker reported `pos`
+    /// after delivery started. Adds `link` (held) and passes publications
+    /// received meanwhile on in order. Returns where `link` starts.
+    pub fn activate(&self, channel: &str, mut pos: Position, link: &Arc<SessionLink>) -> Position {
         let mut map = self.shard(channel);
         let Some(ch) = map.get_mut(channel) else {
-            return;
+            return pos;
         };
         let held = match std::mem::replace(&mut ch.state, State::Active(pos.clone())) {
             State::Pending { held, skipped } => {
@@ -265,15 +272,38 @@ impl Hub {
                 }
                 held
             }
-            State::Active(_) => VecDeque::new(),
+            State::Active(p) => {
+                // Someone else activated it first: join at its position.
+                ch.state = State::Active(p.clone());
+                pos = p;
+                VecDeque::new()
+            }
         };
-        if !ch.subs.iter().any(|s| s.id == link.id) {
-            ch.subs.push(Arc::clone(link));
-            metrics().subscriptions.inc();
-        }
-        on_added(&pos);
+        Self::add(ch, link);
         for (epoch, offset, frame) in held {
             Self::deliver_locked(ch, &epoch, offset, frame);
+        }
+        pos
+    }
+
+    /// Ends a subscriber's hold: queues `replay` (recovered history, already
+    /// trimmed to end at the join position), then what was held, and makes it
+    /// live. The caller has queued its `subscribed` reply just before.
+    pub fn release(&self, channel: &str, session: u64, replay: &[Bytes]) {
+        let mut map = self.shard(channel);
+        let Some(ch) = map.get_mut(channel) else {
+            return;
+        };
+        let Some(sub) = ch.subs.iter_mut().find(|s| s.link.id == session) else {
+            return;
+        };
+        let Some(held) = sub.held.take() else {
+            return;
+        };
+        for f in replay.iter().cloned().chain(held) {
+            if !sub.link.send(f) {
+                break;
+            }
         }
     }
 
@@ -295,7 +325,7 @@ impl Hub {
         let Some(ch) = map.get_mut(channel) else {
             return Leave::NotSubscribed;
         };
-        let Some(i) = ch.subs.iter().position(|s| s.id == session) else {
+        let Some(i) = ch.subs.iter().position(|s| s.link.id == session) else {
             return Leave::NotSubscribed;
         };
         ch.subs.swap_remove(i);
@@ -335,11 +365,20 @@ impl Hub {
         pos.offset = offset;
         let mut sent = 0u64;
         let mut dropped = 0u64;
-        for s in &ch.subs {
-            if s.send(frame.clone()) {
-                sent += 1;
-            } else {
-                dropped += 1;
+        for s in &mut ch.subs {
+            match &mut s.held {
+                None => {
+                    if s.link.send(frame.clone()) {
+                        sent += 1;
+                    } else {
+                        dropped += 1;
+                    }
+                }
+                Some(held) if held.len() < HOLD_LIMIT => held.push(frame.clone()),
+                Some(_) => {
+                    s.link.close(CloseCode::SlowConsumer);
+                    dropped += 1;
+                }
             }
         }
         metrics().delivered.inc_by(sent);
@@ -361,7 +400,7 @@ impl Hub {
         );
         metrics().state_resets.with_label_values(&[reason]).inc();
         for s in &ch.subs {
-            s.close(CloseCode::InsufficientState);
+            s.link.close(CloseCode::InsufficientState);
         }
         ch.state = State::Active(Position {
             epoch: epoch.into(),
@@ -437,11 +476,22 @@ mod tests {
         for o in 4..=7 {
             hub.publication("c", "E", o, frame(o));
         }
-        hub.activate("c", pos("E", 5), &a, |p| {
-            assert!(a.send(Bytes::from(format!("reply {}", p.offset))));
-        });
+        let start = hub.activate("c", pos("E", 5), &a);
+        assert!(rx.try_recv().is_err(), "held until released");
+        hub.publication("c", "E", 8, frame(8));
+        assert!(a.send(Bytes::from(format!("reply {}", start.offset))));
+        hub.release("c", 1, &[Bytes::from("replay")]);
+        hub.publication("c", "E", 9, frame(9));
         let got: Vec<Bytes> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
-        assert_eq!(got, vec![Bytes::from("reply 5"), frame(6), frame(7)]);
+        let want = [
+            Bytes::from("reply 5"),
+            Bytes::from("replay"),
+            frame(6),
+            frame(7),
+            frame(8),
+            frame(9),
+        ];
+        assert_eq!(got, want);
     }
 
     #[test]
@@ -450,8 +500,10 @@ mod tests {
         let (slow, _keep_rx) = link(1, 2);
         let (fast, mut fast_rx) = link(2, 64);
         hub.prepare("c");
-        hub.activate("c", pos("E", 0), &slow, |_| {});
-        assert!(hub.try_join("c", &fast, |_| {}));
+        hub.activate("c", pos("E", 0), &slow);
+        hub.release("c", 1, &[]);
+        assert!(hub.try_join("c", &fast).is_some());
+        hub.release("c", 2, &[]);
         for o in 1..=5 {
             hub.publication("c", "E", o, frame(o));
             while fast_rx.try_recv().is_ok() {}
@@ -465,7 +517,8 @@ mod tests {
         let hub = Hub::new();
         let (a, mut rx) = link(1, 64);
         hub.prepare("c");
-        hub.activate("c", pos("E", 10), &a, |_| {});
+        hub.activate("c", pos("E", 10), &a);
+        hub.release("c", 1, &[]);
         hub.publication("c", "E", 9, frame(9));
         hub.publication("c", "E", 11, frame(11));
         assert_eq!(rx.try_recv().ok(), Some(frame(11)));
@@ -476,9 +529,21 @@ mod tests {
 
         let (b, _rx) = link(2, 64);
         hub.prepare("d");
-        hub.activate("d", pos("E", 1), &b, |_| {});
+        hub.activate("d", pos("E", 1), &b);
         hub.publication("d", "F", 1, frame(1));
         assert_eq!(b.close_reason(), Some(CloseCode::InsufficientState));
+    }
+
+    #[test]
+    fn a_held_subscriber_that_overflows_is_a_slow_consumer() {
+        let hub = Hub::new();
+        let (a, _rx) = link(1, 4);
+        hub.prepare("c");
+        hub.activate("c", pos("E", 0), &a);
+        for o in 1..=(HOLD_LIMIT as u64 + 1) {
+            hub.publication("c", "E", o, frame(o));
+        }
+        assert_eq!(a.close_reason(), Some(CloseCode::SlowConsumer));
     }
 
     #[test]
@@ -486,7 +551,7 @@ mod tests {
         let hub = Hub::new();
         let (a, _rx) = link(1, 64);
         hub.prepare("c");
-        hub.activate("c", pos("E", 3), &a, |_| {});
+        hub.activate("c", pos("E", 3), &a);
         hub.resync("c", &pos("E", 3));
         assert_eq!(a.close_reason(), None);
         hub.resync("c", &pos("E", 4));
@@ -499,13 +564,13 @@ mod tests {
         let (a, _ra) = link(1, 4);
         let (b, _rb) = link(2, 4);
         hub.prepare("c");
-        hub.activate("c", pos("E", 0), &a, |_| {});
-        assert!(hub.try_join("c", &b, |_| {}));
-        assert!(hub.try_join("c", &b, |_| {}), "idempotent");
+        hub.activate("c", pos("E", 0), &a);
+        assert!(hub.try_join("c", &b).is_some());
+        assert!(hub.try_join("c", &b).is_some(), "idempotent");
         assert_eq!(hub.subscriber_count("c"), 2);
         assert_eq!(hub.leave("c", 1), Leave::Remaining);
         assert_eq!(hub.leave("c", 1), Leave::NotSubscribed);
         assert_eq!(hub.leave("c", 2), Leave::LastOut);
-        assert!(!hub.try_join("c", &a, |_| {}), "gone");
+        assert!(hub.try_join("c", &a).is_none(), "gone");
     }
 }

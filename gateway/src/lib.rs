@@ -11,7 +11,8 @@
 //!   ([`wsread`] parses its incoming frames).
 //! - [`hub`]: this node's channel → sessions index and fan-out; synchronous.
 //! - [`node`]: first/last local subscriber ↔ broker subscribe/unsubscribe.
-//! - [`broker`]: publish + position assignment, atomic per channel.
+//! - [`broker`]: publish + position assignment + history, atomic per channel;
+//!   [`recovery`] beside it decides what a returning client may replay.
 //! - [`api`]: HTTP publish API; [`server`]: listeners and lifecycle.
 //! - [`config`], [`metrics`]: leaves every layer may use.
 
@@ -21,6 +22,7 @@ pub mod config;
 pub mod hub;
 pub mod metrics;
 pub mod node;
+pub mod recovery;
 pub mod server;
 pub mod session;
 pub mod wsread;

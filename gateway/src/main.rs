@@ -80,6 +80,15 @@ struct ServeArgs {
     /// Runtime worker threads [default: one per CPU].
     #[arg(long, env = "HERALD_WORKER_THREADS", value_name = "N")]
     worker_threads: Option<usize>,
+    /// Publications kept per channel for recovery, 0 = none [default: 100].
+    #[arg(long, env = "HERALD_HISTORY_SIZE", value_name = "N")]
+    history_size: Option<usize>,
+    /// Age beyond which publications are not replayed [default: 5m].
+    #[arg(long, env = "HERALD_HISTORY_TTL", value_parser = duration, value_name = "DURATION")]
+    history_ttl: Option<Duration>,
+    /// Most publications replayed per channel on recovery [default: 1000].
+    #[arg(long, env = "HERALD_RECOVERY_MAX", value_name = "N")]
+    recovery_max: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -149,6 +158,9 @@ fn load_config(a: ServeArgs) -> anyhow::Result<Config> {
         outbound_queue: a.outbound_queue,
         max_subscriptions: a.max_subscriptions,
         worker_threads: a.worker_threads,
+        history_size: a.history_size,
+        history_ttl: a.history_ttl,
+        recovery_max: a.recovery_max,
     });
     cfg.validate(OPEN_MODE)?;
     Ok(cfg)

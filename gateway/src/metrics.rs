@@ -34,6 +34,10 @@ pub struct Metrics {
     pub client_errors: IntCounterVec,
     /// HTTP API requests, by `route` and `status`.
     pub api_requests: IntCounterVec,
+    /// Subscriptions that asked to recover, by `outcome` (recovered or the refusal).
+    pub recoveries: IntCounterVec,
+    /// Publications replayed to recovering clients.
+    pub replayed: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -122,6 +126,17 @@ impl Metrics {
                 "herald_api_requests_total",
                 "HTTP API requests.",
                 &["route", "status"],
+            ),
+            recoveries: counter_vec(
+                &r,
+                "herald_recoveries_total",
+                "Recovery attempts by outcome.",
+                &["outcome"],
+            ),
+            replayed: counter(
+                &r,
+                "herald_messages_replayed_total",
+                "Publications replayed from history to recovering clients.",
             ),
             registry: r,
         }

@@ -7,7 +7,7 @@
 //! clients or the API) goes node → broker, never straight into the hub, so
 //! every publication gets its position and reaches every node the same way.
 
-use crate::broker::{Broker, BrokerError, Position};
+use crate::broker::{Broker, BrokerError, History, Position};
 use crate::hub::{Hub, Leave, SessionLink};
 use crate::metrics::metrics;
 use serde_json::value::RawValue;
@@ -52,37 +52,27 @@ impl Node {
         self.broker.is_ready()
     }
 
-    /// Subscribes `link` to `channel`. `on_added` runs exactly once on
-    /// success, before any publication reaches the link, with the position
-    /// the subscription starts after.
+    /// Subscribes `link` to `channel`, held: nothing reaches it until the
+    /// caller, having queued its reply (and any replay), calls
+    /// [`Hub::release`]. Returns the position the subscription starts after.
     pub async fn subscribe(
         &self,
         channel: &str,
         link: &Arc<SessionLink>,
-        on_added: impl FnOnce(&Position),
-    ) -> Result<(), BrokerError> {
+    ) -> Result<Position, BrokerError> {
         // Fast path: the channel is already live on this node.
-        let mut on_added = Some(on_added);
-        let mut call = |p: &Position| {
-            if let Some(f) = on_added.take() {
-                f(p);
-            }
-        };
-        if self.hub.try_join(channel, link, &mut call) {
-            return Ok(());
+        if let Some(pos) = self.hub.try_join(channel, link) {
+            return Ok(pos);
         }
         let _guard = self.locks.lock(channel).await;
-        if self.hub.try_join(channel, link, &mut call) {
-            return Ok(());
+        if let Some(pos) = self.hub.try_join(channel, link) {
+            return Ok(pos);
         }
         self.hub.prepare(channel);
         let span = tracing::debug_span!("broker_subscribe");
         let res = tracing::Instrument::instrument(self.broker.subscribe(channel), span).await;
         match res {
-            Ok(pos) => {
-                self.hub.activate(channel, pos, link, &mut call);
-                Ok(())
-            }
+            Ok(pos) => Ok(self.hub.activate(channel, pos, link)),
             Err(e) => {
                 self.hub.abort(channel);
                 metrics()
@@ -93,6 +83,25 @@ impl Node {
                 Err(e)
             }
         }
+    }
+
+    /// Reads the channel's history after `after` (see [`Broker::history`]).
+    pub async fn history(
+        &self,
+        channel: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<History, BrokerError> {
+        self.broker
+            .history(channel, after, limit)
+            .await
+            .inspect_err(|e| {
+                metrics()
+                    .broker_errors
+                    .with_label_values(&["history"])
+                    .inc();
+                tracing::warn!(error = %e, "history read failed");
+            })
     }
 
     /// Removes `session` from `channel`; the last local subscriber out
@@ -228,11 +237,9 @@ mod tests {
             let node = node.clone();
             tasks.push(tokio::spawn(async move {
                 let link = Arc::new(SessionLink::new(id, tx));
-                let mut got = None;
-                node.subscribe("c", &link, |p| got = Some(p.offset))
-                    .await
-                    .expect("subscribe");
-                (link, got.expect("on_added ran"))
+                let pos = node.subscribe("c", &link).await.expect("subscribe");
+                node.hub.release("c", id, &[]);
+                (link, pos.offset)
             }));
         }
         let mut links = Vec::new();

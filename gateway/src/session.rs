@@ -12,14 +12,16 @@
 //! read half is wrapped in [`CancelRead`], which turns a cancellation into an
 //! I/O error that `read_frame` returns normally.
 
+use crate::broker::Position;
 use crate::config::SessionConfig;
 use crate::hub::{Ending, SessionLink, Signal};
 use crate::metrics::metrics;
 use crate::node::{Node, Source};
+use crate::recovery::{self, Refusal};
 use crate::wsread::{FrameReader, ReadError};
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
-use herald_proto::{CloseCode, Command, ErrorCode, Reply, validate_channel, validate_event};
+use herald_proto::{CloseCode, Command, ErrorCode, Reply, Since, validate_channel, validate_event};
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
@@ -286,7 +288,10 @@ impl Reader {
                 "send {\"op\":\"connect\"} first",
                 None,
             ),
-            "subscribe" => self.subscribe(id, cmd.channel.as_deref()).await,
+            "subscribe" => {
+                self.subscribe(id, cmd.channel.as_deref(), cmd.since.clone())
+                    .await
+            }
             "unsubscribe" => self.unsubscribe(id, cmd.channel.as_deref()).await,
             "emit" => {
                 self.emit(id, cmd.channel.as_deref(), cmd.event.as_deref(), cmd.data)
@@ -314,39 +319,77 @@ impl Reader {
         Some(ch)
     }
 
-    async fn subscribe(&mut self, id: Option<u64>, channel: Option<&str>) {
+    async fn subscribe(
+        &mut self,
+        id: Option<u64>,
+        channel: Option<&str>,
+        since: Option<Since<'_>>,
+    ) {
         let Some(ch) = self.channel(id, channel) else {
             return;
         };
-        if !self.subs.contains(ch) && self.subs.len() >= self.ctx.cfg.max_subscriptions {
+        let already = self.subs.contains(ch);
+        if !already && self.subs.len() >= self.ctx.cfg.max_subscriptions {
             let msg = format!(
                 "this connection already has {} subscriptions, the limit",
                 self.subs.len()
             );
             return self.error(id, ErrorCode::TooManySubscriptions, &msg, Some(ch));
         }
-        let link = Arc::clone(&self.link);
-        let res = self
+        let node = &self.ctx.node;
+        let start = match node.subscribe(ch, &self.link).await {
+            Ok(p) => p,
+            Err(e) => return self.error(id, ErrorCode::Unavailable, &e.to_string(), Some(ch)),
+        };
+        self.subs.insert(ch.into());
+        // Recovery only makes sense for a new subscription: a live one has
+        // already been given everything since it started.
+        let since = since.filter(|_| !already);
+        let (recovered, replay) = match since {
+            None => (None, Vec::new()),
+            Some(s) => match self.recover(ch, &s, &start).await {
+                Ok(frames) => (Some(true), frames),
+                Err(refusal) => {
+                    metrics()
+                        .recoveries
+                        .with_label_values(&[refusal.label()])
+                        .inc();
+                    (Some(false), Vec::new())
+                }
+            },
+        };
+        self.reply(&Reply::Subscribed {
+            id,
+            channel: ch,
+            epoch: &start.epoch,
+            offset: start.offset,
+            recovered,
+        });
+        if recovered == Some(true) {
+            metrics().recoveries.with_label_values(&["recovered"]).inc();
+            metrics().replayed.inc_by(replay.len() as u64);
+        }
+        node.hub.release(ch, self.link.id, &replay);
+    }
+
+    /// The publications a client at `since` missed before `start`, all or none.
+    async fn recover(
+        &self,
+        ch: &str,
+        since: &Since<'_>,
+        start: &Position,
+    ) -> Result<Vec<Bytes>, Refusal> {
+        let need = recovery::missed(&since.epoch, since.offset, start, self.ctx.cfg.recovery_max)?;
+        if need == 0 {
+            return Ok(Vec::new());
+        }
+        let history = self
             .ctx
             .node
-            .subscribe(ch, &self.link, |pos| {
-                link.send(Bytes::from(
-                    Reply::Subscribed {
-                        id,
-                        channel: ch,
-                        epoch: &pos.epoch,
-                        offset: pos.offset,
-                    }
-                    .to_vec(),
-                ));
-            })
-            .await;
-        match res {
-            Ok(()) => {
-                self.subs.insert(ch.into());
-            }
-            Err(e) => self.error(id, ErrorCode::Unavailable, &e.to_string(), Some(ch)),
-        }
+            .history(ch, since.offset, need as usize)
+            .await
+            .map_err(|_| Refusal::Unavailable)?;
+        recovery::plan(since.offset, start, history)
     }
 
     async fn unsubscribe(&mut self, id: Option<u64>, channel: Option<&str>) {

@@ -278,9 +278,12 @@ async fn publish_one(conn: &mut Conn, channel: &str, data: &str, seq: u64) -> an
             let (_epoch, offset): (String, u64) = script
                 .key(herald_proto::redis::meta_key(channel))
                 .key(herald_proto::redis::pubsub_channel(channel))
+                .key(herald_proto::redis::history_key(channel))
                 .arg(epoch)
                 .arg(3600)
                 .arg(prefix)
+                .arg(100)
+                .arg(300)
                 .invoke_async(con)
                 .await
                 .context("Redis publish script")?;

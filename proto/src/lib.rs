@@ -37,6 +37,17 @@ pub struct Command<'a> {
     /// Kept as raw JSON: the gateway never re-encodes a payload.
     #[serde(default, borrow)]
     pub data: Option<&'a RawValue>,
+    /// `subscribe`: the last position the client saw, to recover from.
+    #[serde(default, borrow)]
+    pub since: Option<Since<'a>>,
+}
+
+/// A client's last seen position on a channel.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Since<'a> {
+    #[serde(borrow)]
+    pub epoch: Cow<'a, str>,
+    pub offset: u64,
 }
 
 /// Why a frame could not be decoded at all; the text is safe to show the client.
@@ -214,6 +225,9 @@ pub enum Reply<'a> {
         channel: &'a str,
         epoch: &'a str,
         offset: u64,
+        /// Present when the client asked to recover (`since`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -4,19 +4,64 @@
 //! All keys of one channel carry the hash tag `{<channel>}`, so a channel
 //! lives in a single Redis Cluster slot.
 
-/// KEYS: meta, pubsub channel. ARGV: fresh epoch (used if none), ttl seconds,
-/// frame prefix (see [`crate::MessageFrame::prefix`]). Returns `{epoch, offset}`.
+/// KEYS: meta, pubsub channel, history stream. ARGV: fresh epoch (used if
+/// none), state ttl seconds, frame prefix (see
+/// [`crate::MessageFrame::prefix`]), history size, history ttl seconds.
+/// Returns `{epoch, offset}`.
+///
+/// One atomic step: assign the offset, append the frame to the history
+/// stream (entry id `<offset>-0`, fields `f` = frame, `t` = ms time), publish.
+/// A new epoch clears the stream, so its ids always start over.
 pub const PUBLISH_SCRIPT: &str = r#"
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then
   e = ARGV[1]
   redis.call('HSET', KEYS[1], 'e', e)
+  redis.call('DEL', KEYS[3])
 end
 local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', KEYS[2], o .. ' ' .. e .. '\n' .. ARGV[3] .. e .. '","offset":' .. o .. '}')
+local frame = ARGV[3] .. e .. '","offset":' .. o .. '}'
+if tonumber(ARGV[4]) > 0 then
+  local now = redis.call('TIME')
+  local ms = now[1] * 1000 + math.floor(now[2] / 1000)
+  redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], o .. '-0', 'f', frame, 't', ms)
+  redis.call('EXPIRE', KEYS[3], ARGV[5])
+end
+redis.call('PUBLISH', KEYS[2], o .. ' ' .. e .. '\n' .. frame)
 return {e, o}
 "#;
+
+/// KEYS: meta, history stream. ARGV: read after this offset, at most this
+/// many entries, history ttl seconds. Returns `{epoch or false, top offset,
+/// offset1, frame1, offset2, frame2, ...}` with entries older than the ttl
+/// left out. Epoch and entries are read in one atomic step.
+pub const HISTORY_SCRIPT: &str = r#"
+local e = redis.call('HGET', KEYS[1], 'e')
+local o = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+local out = {e or false, o}
+if not e then return out end
+local now = redis.call('TIME')
+local oldest = now[1] * 1000 + math.floor(now[2] / 1000) - tonumber(ARGV[3]) * 1000
+local entries = redis.call('XRANGE', KEYS[2], '(' .. ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])
+for _, entry in ipairs(entries) do
+  local id, fields = entry[1], entry[2]
+  local frame, t = nil, 0
+  for i = 1, #fields, 2 do
+    if fields[i] == 'f' then frame = fields[i + 1] elseif fields[i] == 't' then t = tonumber(fields[i + 1]) end
+  end
+  if frame and t >= oldest then
+    out[#out + 1] = tonumber(string.match(id, '^(%d+)'))
+    out[#out + 1] = frame
+  end
+end
+return out
+"#;
+
+/// The channel's history: a stream of its latest publications.
+pub fn history_key(channel: &str) -> String {
+    format!("herald:{{{channel}}}:h")
+}
 
 /// Hash holding the channel's epoch (`e`) and latest offset (`o`).
 pub fn meta_key(channel: &str) -> String {

@@ -5,12 +5,13 @@
 //! sink before releasing it, which makes assignment and delivery one atomic,
 //! ordered step. State of channels nobody uses expires after `state_ttl`.
 
-use super::{BoxFuture, Broker, BrokerError, Position, Sink, new_epoch};
+use super::{BoxFuture, Broker, BrokerError, History, Position, Sink, new_epoch};
 use crate::config::MemoryConfig;
 use bytes::Bytes;
 use herald_proto::MessageFrame;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -26,6 +27,9 @@ struct ChannelState {
     /// state with subscribers never expires.
     subscribers: u32,
     last_used: Instant,
+    /// Latest publications `(offset, published at, frame)`; the frame is the
+    /// same shared buffer the subscribers got.
+    history: VecDeque<(u64, Instant, Bytes)>,
 }
 
 type Shard = Mutex<HashMap<Box<str>, ChannelState>>;
@@ -36,6 +40,8 @@ pub struct MemoryBroker {
     sink: Arc<dyn Sink>,
     /// Idle time after which a channel without subscribers forgets its state.
     ttl: Duration,
+    history_size: usize,
+    history_ttl: Duration,
 }
 
 impl MemoryBroker {
@@ -50,6 +56,8 @@ impl MemoryBroker {
             hasher: Default::default(),
             sink,
             ttl: cfg.state_ttl,
+            history_size: cfg.history_size,
+            history_ttl: cfg.history_ttl,
         });
         crate::metrics::metrics().broker_up.set(1);
         let weak = Arc::downgrade(&broker);
@@ -110,6 +118,7 @@ impl MemoryBroker {
                     offset: 0,
                     subscribers: 0,
                     last_used: Instant::now(),
+                    history: VecDeque::new(),
                 },
             );
         }
@@ -134,9 +143,17 @@ impl Broker for MemoryBroker {
             offset: st.offset,
         };
         MessageFrame::finish(&mut frame, &pos.epoch, pos.offset);
+        let frame = Bytes::from(frame);
+        if self.history_size > 0 {
+            if st.history.len() >= self.history_size {
+                st.history.pop_front();
+            }
+            st.history
+                .push_back((pos.offset, st.last_used, frame.clone()));
+        }
         if st.subscribers > 0 {
             self.sink
-                .publication(channel, &pos.epoch, pos.offset, Bytes::from(frame));
+                .publication(channel, &pos.epoch, pos.offset, frame);
         }
         drop(map);
         Box::pin(async move { Ok(pos) })
@@ -163,6 +180,34 @@ impl Broker for MemoryBroker {
         }
         drop(map);
         Box::pin(async { Ok(()) })
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        let map = self.shard(channel);
+        let h = match map.get(channel) {
+            None => History::default(),
+            Some(st) => {
+                let oldest = Instant::now().checked_sub(self.history_ttl);
+                History {
+                    epoch: Some(st.epoch.clone()),
+                    top: st.offset,
+                    entries: st
+                        .history
+                        .iter()
+                        .filter(|(o, at, _)| *o > after && oldest.is_none_or(|old| *at >= old))
+                        .take(limit)
+                        .map(|(o, _, f)| (*o, f.clone()))
+                        .collect(),
+                }
+            }
+        };
+        drop(map);
+        Box::pin(async move { Ok(h) })
     }
 
     fn is_ready(&self) -> bool {
@@ -220,6 +265,7 @@ mod tests {
         let sink = Arc::new(Collect::default());
         let cfg = MemoryConfig {
             state_ttl: Duration::from_secs(60),
+            ..MemoryConfig::default()
         };
         let b = MemoryBroker::start(&cfg, sink, CancellationToken::new());
         let d = raw("1");

@@ -65,8 +65,29 @@ pub trait Broker: Send + Sync + 'static {
     /// Stops delivery of `channel` to this node.
     fn unsubscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
 
+    /// Publications of `channel` after offset `after`, oldest first, at most
+    /// `limit`, together with the channel's epoch and latest offset read in
+    /// the same atomic step. Entries past `history_ttl` are left out.
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<History, BrokerError>>;
+
     /// True while publish and subscribe can succeed.
     fn is_ready(&self) -> bool;
+}
+
+/// What a broker still holds of a channel's past.
+#[derive(Debug, Clone, Default)]
+pub struct History {
+    /// `None` when the channel has no state at all (never used, or lost).
+    pub epoch: Option<Arc<str>>,
+    /// Latest offset assigned.
+    pub top: u64,
+    /// `(offset, complete message frame)`, ascending.
+    pub entries: Vec<(u64, Bytes)>,
 }
 
 /// A fresh random epoch. Twelve alphanumerics make a repeat after a reset

@@ -17,13 +17,13 @@
 //! reconnects with backoff, resubscribes every wanted channel and reports each
 //! channel's position to the sink, which tells affected clients (4004).
 
-use super::{BoxFuture, Broker, BrokerError, Position, Sink, new_epoch};
+use super::{BoxFuture, Broker, BrokerError, History, Position, Sink, new_epoch};
 use crate::config::RedisConfig;
 use crate::metrics::metrics;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_proto::MessageFrame;
-use herald_proto::redis::{PUBLISH_SCRIPT, meta_key, pubsub_channel};
+use herald_proto::redis::{HISTORY_SCRIPT, PUBLISH_SCRIPT, history_key, meta_key, pubsub_channel};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use serde_json::value::RawValue;
 use std::collections::HashSet;
@@ -68,6 +68,7 @@ pub struct RedisBroker {
     up: AtomicBool,
     publish: redis::Script,
     position: redis::Script,
+    history: redis::Script,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> BrokerError {
@@ -101,6 +102,7 @@ impl RedisBroker {
             up: AtomicBool::new(false),
             publish: redis::Script::new(PUBLISH_SCRIPT),
             position: redis::Script::new(POSITION_SCRIPT),
+            history: redis::Script::new(HISTORY_SCRIPT),
         });
         metrics().broker_up.set(0);
         tokio::spawn(Arc::clone(&broker).pubsub_task(shutdown));
@@ -312,9 +314,12 @@ impl Broker for RedisBroker {
             let mut conn = self.conn.clone();
             let mut inv = self.publish.key(meta_key(channel));
             inv.key(pubsub_channel(channel))
+                .key(history_key(channel))
                 .arg(new_epoch())
                 .arg(self.ttl_secs())
-                .arg(prefix);
+                .arg(prefix)
+                .arg(self.cfg.history_size)
+                .arg(self.cfg.history_ttl.as_secs().max(1));
             let (epoch, offset): (String, u64) =
                 tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn))
                     .await
@@ -373,9 +378,62 @@ impl Broker for RedisBroker {
         })
     }
 
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        after: u64,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<History, BrokerError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let mut inv = self.history.key(meta_key(channel));
+            inv.key(history_key(channel))
+                .arg(after)
+                .arg(limit.max(1))
+                .arg(self.cfg.history_ttl.as_secs().max(1));
+            let raw: Vec<redis::Value> =
+                tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn))
+                    .await
+                    .map_err(|_| unavailable("timed out reading history"))?
+                    .map_err(unavailable)?;
+            parse_history(raw)
+        })
+    }
+
     fn is_ready(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
+}
+
+/// Decodes [`HISTORY_SCRIPT`]'s reply.
+fn parse_history(raw: Vec<redis::Value>) -> Result<History, BrokerError> {
+    use redis::Value;
+    let bad = || BrokerError::Internal("unexpected history reply".to_owned());
+    let int = |v: &Value| match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        _ => None,
+    };
+    let mut it = raw.into_iter();
+    let epoch = match it.next().ok_or_else(bad)? {
+        Value::BulkString(b) => Some(String::from_utf8(b).map_err(|_| bad())?.into()),
+        Value::Nil => None,
+        _ => return Err(bad()),
+    };
+    let top = it.next().as_ref().and_then(int).ok_or_else(bad)?;
+    let mut entries = Vec::new();
+    while let Some(o) = it.next() {
+        let offset = int(&o).ok_or_else(bad)?;
+        let frame = match it.next() {
+            Some(Value::BulkString(b)) => Bytes::from(b),
+            _ => return Err(bad()),
+        };
+        entries.push((offset, frame));
+    }
+    Ok(History {
+        epoch,
+        top,
+        entries,
+    })
 }
 
 #[cfg(test)]
