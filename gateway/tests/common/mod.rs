@@ -72,6 +72,16 @@ impl Redis {
         }
     }
 
+    /// Drops every key, as an operator's `FLUSHALL` would.
+    pub fn flushall(&self) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("redis");
+        s.write_all(b"FLUSHALL\r\n").expect("write");
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).expect("read");
+        assert_eq!(&buf, b"+OK\r\n");
+    }
+
     /// SIGKILL, like a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
