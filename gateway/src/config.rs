@@ -102,6 +102,13 @@ pub struct SessionConfig {
     pub max_subscriptions: usize,
     /// Most publications replayed per channel on recovery; a larger gap is `recovered: false`.
     pub recovery_max: usize,
+    /// Secrets for reconnect tokens: the first signs, all verify (rotation).
+    /// Every node of a cluster needs the same list; when empty, nodes on one
+    /// Redis agree on a generated secret, and a single node makes one up.
+    pub reconnect_secrets: Vec<String>,
+    /// How long a reconnect token stays valid after it was issued.
+    #[serde(with = "duration_str")]
+    pub reconnect_ttl: Duration,
     /// How long a final `disconnect` + close frame may take to reach a client.
     #[serde(with = "duration_str")]
     pub close_timeout: Duration,
@@ -117,6 +124,8 @@ impl Default for SessionConfig {
             outbound_queue: 1024,
             max_subscriptions: 256,
             recovery_max: 1000,
+            reconnect_secrets: Vec::new(),
+            reconnect_ttl: Duration::from_secs(300),
             close_timeout: Duration::from_secs(3),
         }
     }
@@ -265,6 +274,8 @@ pub struct Overrides {
     pub history_size: Option<usize>,
     pub history_ttl: Option<Duration>,
     pub recovery_max: Option<usize>,
+    pub reconnect_secrets: Vec<String>,
+    pub reconnect_ttl: Option<Duration>,
 }
 
 impl Config {
@@ -341,6 +352,12 @@ impl Config {
         if let Some(v) = o.recovery_max {
             s.recovery_max = v;
         }
+        if !o.reconnect_secrets.is_empty() {
+            s.reconnect_secrets = o.reconnect_secrets;
+        }
+        if let Some(v) = o.reconnect_ttl {
+            s.reconnect_ttl = v;
+        }
     }
 
     /// Checks cross-field rules once, before anything listens.
@@ -375,6 +392,15 @@ impl Config {
             if n == 0 || n > 1024 {
                 return bad(format!("server.worker_threads must be 1 to 1024, got {n}"));
             }
+        }
+        if let Some(short) = s.reconnect_secrets.iter().find(|k| k.len() < 16) {
+            return bad(format!(
+                "session.reconnect_secrets: each secret needs at least 16 bytes, one has {}",
+                short.len()
+            ));
+        }
+        if s.reconnect_ttl < Duration::from_secs(1) {
+            return bad("session.reconnect_ttl must be at least 1s".to_owned());
         }
         if s.max_subscriptions == 0 {
             return bad("session.max_subscriptions must be at least 1".to_owned());

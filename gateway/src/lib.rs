@@ -14,7 +14,7 @@
 //! - [`broker`]: publish + position assignment + history, atomic per channel;
 //!   [`recovery`] beside it decides what a returning client may replay.
 //! - [`api`]: HTTP publish API; [`server`]: listeners and lifecycle.
-//! - [`config`], [`metrics`]: leaves every layer may use.
+//! - [`config`], [`metrics`], [`token`]: leaves every layer may use.
 
 pub mod api;
 pub mod broker;
@@ -25,4 +25,5 @@ pub mod node;
 pub mod recovery;
 pub mod server;
 pub mod session;
+pub mod token;
 pub mod wsread;

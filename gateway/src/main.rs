@@ -89,6 +89,20 @@ struct ServeArgs {
     /// Most publications replayed per channel on recovery [default: 1000].
     #[arg(long, env = "HERALD_RECOVERY_MAX", value_name = "N")]
     recovery_max: Option<usize>,
+    /// Reconnect-token secret shared by the cluster; repeat (or comma-separate
+    /// in the env) to rotate: the first signs, all verify [default: agreed
+    /// through Redis, or random on a single node].
+    #[arg(
+        long,
+        env = "HERALD_RECONNECT_SECRET",
+        value_name = "SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    reconnect_secret: Vec<String>,
+    /// Validity of reconnect tokens [default: 5m].
+    #[arg(long, env = "HERALD_RECONNECT_TTL", value_parser = duration, value_name = "DURATION")]
+    reconnect_ttl: Option<Duration>,
 }
 
 #[derive(clap::Args)]
@@ -161,6 +175,8 @@ fn load_config(a: ServeArgs) -> anyhow::Result<Config> {
         history_size: a.history_size,
         history_ttl: a.history_ttl,
         recovery_max: a.recovery_max,
+        reconnect_secrets: a.reconnect_secret,
+        reconnect_ttl: a.reconnect_ttl,
     });
     cfg.validate(OPEN_MODE)?;
     Ok(cfg)

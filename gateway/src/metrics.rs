@@ -38,6 +38,8 @@ pub struct Metrics {
     pub recoveries: IntCounterVec,
     /// Publications replayed to recovering clients.
     pub replayed: IntCounter,
+    /// `connect` with `resume`, by `outcome` (resumed, or why the token was refused).
+    pub resumes: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -137,6 +139,12 @@ impl Metrics {
                 &r,
                 "herald_messages_replayed_total",
                 "Publications replayed from history to recovering clients.",
+            ),
+            resumes: counter_vec(
+                &r,
+                "herald_resumes_total",
+                "Session resume attempts by outcome.",
+                &["outcome"],
             ),
             registry: r,
         }

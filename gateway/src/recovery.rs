@@ -22,6 +22,8 @@ pub enum Refusal {
     Gap,
     /// History could not be read.
     Unavailable,
+    /// A resumed channel for which the client gave no position.
+    NoPosition,
 }
 
 impl Refusal {
@@ -32,6 +34,7 @@ impl Refusal {
             Self::TooMany => "too_many",
             Self::Gap => "gap",
             Self::Unavailable => "unavailable",
+            Self::NoPosition => "no_position",
         }
     }
 }

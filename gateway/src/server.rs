@@ -16,6 +16,7 @@ use crate::hub::{Hub, Signal};
 use crate::metrics::metrics;
 use crate::node::Node;
 use crate::session::{self, SessionCtx};
+use crate::token::Tokens;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -72,7 +73,7 @@ impl Server {
             BrokerConfig::Memory(m) => MemoryBroker::start(m, hub.clone(), shutdown.clone()),
             BrokerConfig::Redis(r) => RedisBroker::start(r, hub.clone(), shutdown.clone())?,
         };
-        let node = Arc::new(Node::new(node_id, hub, broker));
+        let node = Arc::new(Node::new(node_id, hub, Arc::clone(&broker)));
         // Sessions watch a cheap signal rather than the token itself.
         let drain = Arc::new(Signal::default());
         let (sd, raise) = (shutdown.clone(), Arc::clone(&drain));
@@ -80,10 +81,18 @@ impl Server {
             sd.cancelled().await;
             raise.raise();
         });
+        let tokens = Arc::new(Tokens::new(
+            &cfg.session.reconnect_secrets,
+            cfg.session.reconnect_ttl,
+        ));
+        if !tokens.ready() {
+            tokio::spawn(agree_on_secret(Arc::clone(&broker), Arc::clone(&tokens)));
+        }
         let sessions = Arc::new(SessionCtx {
             node: node.clone(),
             cfg: cfg.session.clone(),
             shutdown: drain,
+            tokens,
             drain: cfg.server.drain_timeout,
         });
         let bind = |addr: SocketAddr| async move {
@@ -183,6 +192,22 @@ impl Server {
             s.abort();
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Without a configured secret: the nodes of one Redis share a generated
+/// one; a single node makes its own (its tokens die with it, as does its
+/// history).
+async fn agree_on_secret(broker: Arc<dyn Broker>, tokens: Arc<Tokens>) {
+    loop {
+        match broker.shared_secret().await {
+            Ok(Some(s)) => return tokens.set_secret(&s),
+            Ok(None) => return tokens.set_secret(&crate::token::random_secret()),
+            Err(e) => {
+                tracing::debug!(error = %e, "reconnect secret not agreed yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use crate::hub::{Ending, SessionLink, Signal};
 use crate::metrics::metrics;
 use crate::node::{Node, Source};
 use crate::recovery::{self, Refusal};
+use crate::token::{self, Tokens};
 use crate::wsread::{FrameReader, ReadError};
 use bytes::Bytes;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocket};
@@ -25,7 +26,8 @@ use herald_proto::{CloseCode, Command, ErrorCode, Reply, Since, validate_channel
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::value::RawValue;
-use std::collections::HashSet;
+use std::borrow::Cow;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,6 +46,7 @@ pub struct SessionCtx {
     pub cfg: SessionConfig,
     /// Raised on SIGTERM/SIGINT: sessions then leave within `drain`.
     pub shutdown: Arc<Signal>,
+    pub tokens: Arc<Tokens>,
     pub drain: Duration,
 }
 
@@ -275,12 +278,21 @@ impl Reader {
             }
             "connect" => {
                 self.shared.connected.store(true, Ordering::Release);
-                self.reply(&Reply::Connected {
-                    id,
-                    session: &self.session,
-                    node: &self.ctx.node.id,
-                    ping_interval_ms: self.ctx.cfg.ping_interval.as_millis() as u64,
-                });
+                match cmd.resume.as_deref() {
+                    Some(t) => self.resume(id, t, cmd.positions.as_ref()).await,
+                    None => {
+                        let token = self.token();
+                        self.reply(&Reply::Connected {
+                            id,
+                            session: &self.session,
+                            node: &self.ctx.node.id,
+                            ping_interval_ms: self.ping_interval_ms(),
+                            resumed: None,
+                            channels: None,
+                            reconnect_token: token.as_deref(),
+                        });
+                    }
+                }
             }
             "subscribe" | "unsubscribe" | "emit" if !connected => self.error(
                 id,
@@ -358,18 +370,115 @@ impl Reader {
                 }
             },
         };
+        let token = self.token();
         self.reply(&Reply::Subscribed {
             id,
             channel: ch,
             epoch: &start.epoch,
             offset: start.offset,
             recovered,
+            reconnect_token: token.as_deref(),
         });
         if recovered == Some(true) {
             metrics().recoveries.with_label_values(&["recovered"]).inc();
             metrics().replayed.inc_by(replay.len() as u64);
         }
         node.hub.release(ch, self.link.id, &replay);
+    }
+
+    fn ping_interval_ms(&self) -> u64 {
+        self.ctx.cfg.ping_interval.as_millis() as u64
+    }
+
+    /// A reconnect token for the session as it stands now.
+    fn token(&self) -> Option<String> {
+        let mut channels: Vec<String> = self.subs.iter().map(|c| c.to_string()).collect();
+        channels.sort_unstable();
+        self.ctx
+            .tokens
+            .issue(&self.session, "", channels.into_iter())
+    }
+
+    /// `connect` with `resume`: restores the token's subscriptions, each
+    /// recovered from the client's position when one is given. The
+    /// `connected` reply comes first, then every channel's missed
+    /// publications, then live ones.
+    async fn resume(
+        &mut self,
+        id: Option<u64>,
+        token: &str,
+        positions: Option<&HashMap<Cow<'_, str>, Since<'_>>>,
+    ) {
+        let m = metrics();
+        let claims = match self.ctx.tokens.verify(token, token::now_secs()) {
+            Ok(c) => c,
+            Err(e) => {
+                // The reason is logged and counted, never told to the client.
+                m.resumes.with_label_values(&[e.label()]).inc();
+                tracing::info!(reason = %e, "resume refused");
+                let token = self.token();
+                return self.reply(&Reply::Connected {
+                    id,
+                    session: &self.session,
+                    node: &self.ctx.node.id,
+                    ping_interval_ms: self.ping_interval_ms(),
+                    resumed: Some(false),
+                    channels: None,
+                    reconnect_token: token.as_deref(),
+                });
+            }
+        };
+        self.session = claims.sid;
+        let mut channels = serde_json::Map::new();
+        let mut releases = Vec::new();
+        let max = self.ctx.cfg.max_subscriptions;
+        for ch in claims.ch.iter().take(max) {
+            if validate_channel(ch).is_err() {
+                continue;
+            }
+            let start = match self.ctx.node.subscribe(ch, &self.link).await {
+                Ok(p) => p,
+                Err(e) => {
+                    let err = serde_json::json!({"code": ErrorCode::Unavailable, "message": e.to_string()});
+                    channels.insert(ch.clone(), serde_json::json!({ "error": err }));
+                    continue;
+                }
+            };
+            self.subs.insert(ch.as_str().into());
+            let since = positions.and_then(|p| p.get(ch.as_str()));
+            let replay = match since {
+                Some(s) => self.recover(ch, s, &start).await,
+                None => Err(Refusal::NoPosition),
+            };
+            let recovered = replay.is_ok();
+            match &replay {
+                Ok(frames) => {
+                    m.recoveries.with_label_values(&["recovered"]).inc();
+                    m.replayed.inc_by(frames.len() as u64);
+                }
+                Err(r) => m.recoveries.with_label_values(&[r.label()]).inc(),
+            }
+            channels.insert(
+                ch.clone(),
+                serde_json::json!({"epoch": &*start.epoch, "offset": start.offset, "recovered": recovered}),
+            );
+            releases.push((ch.clone(), replay.unwrap_or_default()));
+        }
+        m.resumes.with_label_values(&["resumed"]).inc();
+        let channels = serde_json::Value::Object(channels);
+        let token = self.token();
+        self.reply(&Reply::Connected {
+            id,
+            session: &self.session,
+            node: &self.ctx.node.id,
+            ping_interval_ms: self.ping_interval_ms(),
+            resumed: Some(true),
+            channels: Some(&channels),
+            reconnect_token: token.as_deref(),
+        });
+        for (ch, replay) in releases {
+            self.ctx.node.hub.release(&ch, self.link.id, &replay);
+        }
     }
 
     /// The publications a client at `since` missed before `start`, all or none.
@@ -399,7 +508,12 @@ impl Reader {
         if self.subs.remove(ch) {
             self.ctx.node.unsubscribe(ch, self.link.id).await;
         }
-        self.reply(&Reply::Unsubscribed { id, channel: ch });
+        let token = self.token();
+        self.reply(&Reply::Unsubscribed {
+            id,
+            channel: ch,
+            reconnect_token: token.as_deref(),
+        });
     }
 
     async fn emit(

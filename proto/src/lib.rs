@@ -40,6 +40,12 @@ pub struct Command<'a> {
     /// `subscribe`: the last position the client saw, to recover from.
     #[serde(default, borrow)]
     pub since: Option<Since<'a>>,
+    /// `connect`: a reconnect token from an earlier session.
+    #[serde(default, borrow)]
+    pub resume: Option<Cow<'a, str>>,
+    /// `connect` with `resume`: the last position seen per channel.
+    #[serde(default, borrow)]
+    pub positions: Option<std::collections::HashMap<Cow<'a, str>, Since<'a>>>,
 }
 
 /// A client's last seen position on a channel.
@@ -218,6 +224,14 @@ pub enum Reply<'a> {
         session: &'a str,
         node: &'a str,
         ping_interval_ms: u64,
+        /// Present when the client asked to resume.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        resumed: Option<bool>,
+        /// On a successful resume: per channel `{epoch, offset, recovered}`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channels: Option<&'a serde_json::Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reconnect_token: Option<&'a str>,
     },
     Subscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -228,11 +242,15 @@ pub enum Reply<'a> {
         /// Present when the client asked to recover (`since`).
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reconnect_token: Option<&'a str>,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
         channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reconnect_token: Option<&'a str>,
     },
     Emitted {
         #[serde(skip_serializing_if = "Option::is_none")]

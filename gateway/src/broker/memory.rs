@@ -210,6 +210,10 @@ impl Broker for MemoryBroker {
         Box::pin(async move { Ok(h) })
     }
 
+    fn shared_secret(&self) -> BoxFuture<'_, Result<Option<String>, BrokerError>> {
+        Box::pin(async { Ok(None) })
+    }
+
     fn is_ready(&self) -> bool {
         true
     }

@@ -75,6 +75,10 @@ pub trait Broker: Send + Sync + 'static {
         limit: usize,
     ) -> BoxFuture<'a, Result<History, BrokerError>>;
 
+    /// A secret every node on this broker agrees on (reconnect tokens), or
+    /// `None` when the broker is not shared (embedded).
+    fn shared_secret(&self) -> BoxFuture<'_, Result<Option<String>, BrokerError>>;
+
     /// True while publish and subscribe can succeed.
     fn is_ready(&self) -> bool;
 }

@@ -400,10 +400,33 @@ impl Broker for RedisBroker {
         })
     }
 
+    fn shared_secret(&self) -> BoxFuture<'_, Result<Option<String>, BrokerError>> {
+        Box::pin(async move {
+            // First node to ask sets it; everyone reads the same value.
+            let mut conn = self.conn.clone();
+            let candidate = crate::token::random_secret();
+            let mut set = redis::cmd("SET");
+            set.arg(SECRET_KEY).arg(&candidate).arg("NX");
+            let mut get = redis::cmd("GET");
+            get.arg(SECRET_KEY);
+            let res = async {
+                set.query_async::<Option<String>>(&mut conn).await?;
+                get.query_async::<Option<String>>(&mut conn).await
+            };
+            tokio::time::timeout(self.cfg.timeout, res)
+                .await
+                .map_err(|_| unavailable("timed out reading the shared secret"))?
+                .map_err(unavailable)
+        })
+    }
+
     fn is_ready(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
 }
+
+/// Where nodes without a configured reconnect secret agree on one.
+const SECRET_KEY: &str = "herald:reconnect-secret";
 
 /// Decodes [`HISTORY_SCRIPT`]'s reply.
 fn parse_history(raw: Vec<redis::Value>) -> Result<History, BrokerError> {
