@@ -59,6 +59,11 @@ struct Shared {
     /// (a slot, not a queue: only the newest ping needs a pong).
     ws_pong: std::sync::Mutex<Option<Bytes>>,
     ws_pong_ready: tokio::sync::Notify,
+    /// What the latest reconnect token vouched for (session id, channels),
+    /// so the writer can push a fresh one before it expires.
+    token_claims: std::sync::Mutex<Option<(String, Vec<String>)>>,
+    /// When a token was last issued, seconds since the UNIX epoch.
+    token_issued: std::sync::atomic::AtomicU64,
 }
 
 /// Largest batch of queued frames coalesced into one write.
@@ -394,9 +399,19 @@ impl Reader {
     fn token(&self) -> Option<String> {
         let mut channels: Vec<String> = self.subs.iter().map(|c| c.to_string()).collect();
         channels.sort_unstable();
-        self.ctx
+        let token = self
+            .ctx
             .tokens
-            .issue(&self.session, "", channels.into_iter())
+            .issue(&self.session, "", channels.iter().cloned());
+        *self
+            .shared
+            .token_claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((self.session.clone(), channels));
+        self.shared
+            .token_issued
+            .store(token::now_secs(), Ordering::Release);
+        token
     }
 
     /// `connect` with `resume`: restores the token's subscriptions, each
@@ -635,6 +650,7 @@ impl Writer {
                     }
                 }
                 _ = ping.tick(), if connected => {
+                    self.refresh_token();
                     push_frame(&mut self.buf, OpCode::Text, br#"{"op":"ping"}"#);
                     if pong_deadline.is_none() {
                         shared.pong_seen.store(false, Ordering::Release);
@@ -662,6 +678,33 @@ impl Writer {
             }
         }
         self.finish().await;
+    }
+
+    /// Pushes a fresh reconnect token once half the last one's life is gone,
+    /// so a long quiet connection can still resume.
+    fn refresh_token(&mut self) {
+        let now = token::now_secs();
+        let issued = self.shared.token_issued.load(Ordering::Acquire);
+        if now.saturating_sub(issued) < self.ctx.cfg.reconnect_ttl.as_secs() / 2 {
+            return;
+        }
+        let claims = self
+            .shared
+            .token_claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let Some((sid, channels)) = claims else {
+            return;
+        };
+        if let Some(t) = self.ctx.tokens.issue(&sid, "", channels.into_iter()) {
+            self.shared.token_issued.store(now, Ordering::Release);
+            let frame = Reply::Token {
+                reconnect_token: &t,
+            }
+            .to_vec();
+            push_frame(&mut self.buf, OpCode::Text, &frame);
+        }
     }
 
     /// Writes the batch; gives up early (keeping the rest) if the session is closed meanwhile.

@@ -184,4 +184,19 @@ async fn a_flushed_redis_means_a_new_epoch_and_no_recovery() {
     assert_eq!(r["recovered"], false, "{r}");
     assert_ne!(r["epoch"], epoch, "state lost: new epoch");
     assert_eq!(r["offset"], 2);
+    drop(back);
+    eventually("unsubscribed", || async {
+        gw.metric("herald_channels").await == 0.0
+    })
+    .await;
+
+    // Only the position hash lost (as an eviction would do), history left:
+    // a new epoch starts and publishing still works.
+    assert_eq!(redis.cmd(&["DEL", "herald:{x}:m"]), ":1");
+    let mut fresh = gw.connected().await;
+    let r = fresh.subscribe("x").await;
+    assert_eq!(r["offset"], 0, "{r}");
+    let (s, b) = gw.publish("x", "e", json!(1)).await;
+    assert_eq!((s, b["offset"].as_u64()), (200, Some(1)), "{b}");
+    assert_eq!(fresh.message().await["offset"], 1);
 }

@@ -306,3 +306,29 @@ async fn killing_a_node_under_load_loses_nothing() {
         "the killed node's third of the clients resumed"
     );
 }
+
+#[tokio::test]
+async fn quiet_connections_get_fresh_tokens_before_theirs_expire() {
+    let gw = Gateway::start(&["--ping-interval", "300ms", "--reconnect-ttl", "4s"]);
+    let mut c = gw.connected().await;
+    let first = c.subscribe("q").await["reconnect_token"].clone();
+    let start = Instant::now();
+    let mut latest = first.clone();
+    let mut pushed = 0;
+    // Nothing happens on the channel; the server still keeps the token fresh.
+    while start.elapsed() < Duration::from_millis(4500) {
+        let v = c.recv().await;
+        if v["op"] == "token" {
+            latest = v["reconnect_token"].clone();
+            pushed += 1;
+        }
+    }
+    assert!(pushed >= 1, "a fresh token was pushed");
+    let mut back = gw.client().await;
+    let r = back.request(json!({"op":"connect","resume":first})).await;
+    assert_eq!(r["resumed"], false, "the first token has expired: {r}");
+    let mut back = gw.client().await;
+    let r = back.request(json!({"op":"connect","resume":latest})).await;
+    assert_eq!(r["resumed"], true, "the pushed one still works: {r}");
+    assert!(r["channels"].get("q").is_some(), "{r}");
+}

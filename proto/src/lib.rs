@@ -260,6 +260,10 @@ pub enum Reply<'a> {
         offset: u64,
     },
     Ping,
+    /// A fresh reconnect token, pushed before the previous one expires.
+    Token {
+        reconnect_token: &'a str,
+    },
     Pong {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,

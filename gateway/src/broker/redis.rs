@@ -32,12 +32,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// KEYS: meta. ARGV: fresh epoch (used if none), ttl seconds. Returns `{epoch, offset}`.
+/// KEYS: meta, history stream. ARGV: fresh epoch (used if none), ttl
+/// seconds. Returns `{epoch, offset}`. A new epoch clears old history, whose
+/// stream ids would otherwise block the next append.
 pub const POSITION_SCRIPT: &str = r#"
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then
   e = ARGV[1]
   redis.call('HSET', KEYS[1], 'e', e, 'o', 0)
+  redis.call('DEL', KEYS[2])
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local o = redis.call('HGET', KEYS[1], 'o') or '0'
@@ -116,7 +119,9 @@ impl RedisBroker {
     async fn read_position(&self, channel: &str) -> Result<Position, BrokerError> {
         let mut conn = self.conn.clone();
         let mut inv = self.position.key(meta_key(channel));
-        inv.arg(new_epoch()).arg(self.ttl_secs());
+        inv.key(history_key(channel))
+            .arg(new_epoch())
+            .arg(self.ttl_secs());
         let (epoch, offset): (String, u64) =
             tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn))
                 .await

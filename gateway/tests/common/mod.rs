@@ -72,6 +72,22 @@ impl Redis {
         }
     }
 
+    /// Runs one command (no argument may contain spaces); returns the first reply line.
+    pub fn cmd(&self, args: &[&str]) -> String {
+        use std::io::{BufRead, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("redis");
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).expect("write");
+        let mut line = String::new();
+        std::io::BufReader::new(s)
+            .read_line(&mut line)
+            .expect("read");
+        line.trim_end().to_owned()
+    }
+
     /// Drops every key, as an operator's `FLUSHALL` would.
     pub fn flushall(&self) {
         use std::io::{Read, Write};
