@@ -286,16 +286,7 @@ impl Reader {
                 match cmd.resume.as_deref() {
                     Some(t) => self.resume(id, t, cmd.positions.as_ref()).await,
                     None => {
-                        let token = self.token();
-                        self.reply(&Reply::Connected {
-                            id,
-                            session: &self.session,
-                            node: &self.ctx.node.id,
-                            ping_interval_ms: self.ping_interval_ms(),
-                            resumed: None,
-                            channels: None,
-                            reconnect_token: token.as_deref(),
-                        });
+                        self.reply_connected(id, None, None);
                     }
                 }
             }
@@ -364,16 +355,11 @@ impl Reader {
         let since = since.filter(|_| !already);
         let (recovered, replay) = match since {
             None => (None, Vec::new()),
-            Some(s) => match self.recover(ch, &s, &start).await {
-                Ok(frames) => (Some(true), frames),
-                Err(refusal) => {
-                    metrics()
-                        .recoveries
-                        .with_label_values(&[refusal.label()])
-                        .inc();
-                    (Some(false), Vec::new())
-                }
-            },
+            Some(s) => {
+                let outcome = self.recover(ch, &s, &start).await;
+                Self::count_recovery(&outcome);
+                (Some(outcome.is_ok()), outcome.unwrap_or_default())
+            }
         };
         let token = self.token();
         self.reply(&Reply::Subscribed {
@@ -384,15 +370,37 @@ impl Reader {
             recovered,
             reconnect_token: token.as_deref(),
         });
-        if recovered == Some(true) {
-            metrics().recoveries.with_label_values(&["recovered"]).inc();
-            metrics().replayed.inc_by(replay.len() as u64);
-        }
         node.hub.release(ch, self.link.id, &replay);
     }
 
-    fn ping_interval_ms(&self) -> u64 {
-        self.ctx.cfg.ping_interval.as_millis() as u64
+    fn reply_connected(
+        &self,
+        id: Option<u64>,
+        resumed: Option<bool>,
+        channels: Option<&serde_json::Value>,
+    ) {
+        let token = self.token();
+        self.reply(&Reply::Connected {
+            id,
+            session: &self.session,
+            node: &self.ctx.node.id,
+            ping_interval_ms: self.ctx.cfg.ping_interval.as_millis() as u64,
+            resumed,
+            channels,
+            reconnect_token: token.as_deref(),
+        });
+    }
+
+    /// Counts a recovery attempt by outcome, and what it replays.
+    fn count_recovery(outcome: &Result<Vec<Bytes>, Refusal>) {
+        let m = metrics();
+        match outcome {
+            Ok(frames) => {
+                m.recoveries.with_label_values(&["recovered"]).inc();
+                m.replayed.inc_by(frames.len() as u64);
+            }
+            Err(r) => m.recoveries.with_label_values(&[r.label()]).inc(),
+        }
     }
 
     /// A reconnect token for the session as it stands now.
@@ -431,16 +439,7 @@ impl Reader {
                 // The reason is logged and counted, never told to the client.
                 m.resumes.with_label_values(&[e.label()]).inc();
                 tracing::info!(reason = %e, "resume refused");
-                let token = self.token();
-                return self.reply(&Reply::Connected {
-                    id,
-                    session: &self.session,
-                    node: &self.ctx.node.id,
-                    ping_interval_ms: self.ping_interval_ms(),
-                    resumed: Some(false),
-                    channels: None,
-                    reconnect_token: token.as_deref(),
-                });
+                return self.reply_connected(id, Some(false), None);
             }
         };
         self.session = claims.sid;
@@ -466,13 +465,7 @@ impl Reader {
                 None => Err(Refusal::NoPosition),
             };
             let recovered = replay.is_ok();
-            match &replay {
-                Ok(frames) => {
-                    m.recoveries.with_label_values(&["recovered"]).inc();
-                    m.replayed.inc_by(frames.len() as u64);
-                }
-                Err(r) => m.recoveries.with_label_values(&[r.label()]).inc(),
-            }
+            Self::count_recovery(&replay);
             channels.insert(
                 ch.clone(),
                 serde_json::json!({"epoch": &*start.epoch, "offset": start.offset, "recovered": recovered}),
@@ -481,16 +474,7 @@ impl Reader {
         }
         m.resumes.with_label_values(&["resumed"]).inc();
         let channels = serde_json::Value::Object(channels);
-        let token = self.token();
-        self.reply(&Reply::Connected {
-            id,
-            session: &self.session,
-            node: &self.ctx.node.id,
-            ping_interval_ms: self.ping_interval_ms(),
-            resumed: Some(true),
-            channels: Some(&channels),
-            reconnect_token: token.as_deref(),
-        });
+        self.reply_connected(id, Some(true), Some(&channels));
         for (ch, replay) in releases {
             self.ctx.node.hub.release(&ch, self.link.id, &replay);
         }
