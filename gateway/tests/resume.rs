@@ -190,8 +190,16 @@ async fn bad_tokens_give_a_fresh_session_and_say_nothing_more() {
 #[tokio::test]
 async fn graceful_drain_then_resume_loses_nothing() {
     let redis = Redis::start();
-    let mut a = Gateway::start(&["--redis-url", &redis.url(), "--drain-timeout", "1s"]);
-    let b = Gateway::start(&["--redis-url", &redis.url()]);
+    // History sized for the drain window: ~200 publications a second for up to 1 s.
+    let mut a = Gateway::start(&[
+        "--redis-url",
+        &redis.url(),
+        "--drain-timeout",
+        "1s",
+        "--history-size",
+        "1000",
+    ]);
+    let b = Gateway::start(&["--redis-url", &redis.url(), "--history-size", "1000"]);
     for gw in [&a, &b] {
         eventually("ready", || async { gw.ready().await == 200 }).await;
     }
@@ -226,7 +234,17 @@ async fn graceful_drain_then_resume_loses_nothing() {
 async fn killing_a_node_under_load_loses_nothing() {
     let redis = Redis::start();
     let mut nodes: Vec<Gateway> = (0..3)
-        .map(|i| Gateway::start(&["--redis-url", &redis.url(), "--node-id", &format!("n{i}")]))
+        .map(|i| {
+            // History covers the time a client needs to notice and resume.
+            Gateway::start(&[
+                "--redis-url",
+                &redis.url(),
+                "--node-id",
+                &format!("n{i}"),
+                "--history-size",
+                "1000",
+            ])
+        })
         .collect();
     for gw in &nodes {
         eventually("ready", || async { gw.ready().await == 200 }).await;
