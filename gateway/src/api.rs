@@ -11,11 +11,12 @@ use crate::node::{Node, Source};
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_proto::{ErrorCode, validate_channel, validate_event};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::sync::Arc;
 
@@ -26,12 +27,55 @@ pub const MAX_BROADCAST_CHANNELS: usize = 1000;
 pub struct ApiState {
     pub node: Arc<Node>,
     pub max_payload: usize,
+    /// SHA-256 of every accepted API key; empty = no API auth (development).
+    pub keys: Arc<[[u8; 32]]>,
+}
+
+impl ApiState {
+    pub fn hash_keys(keys: &[String]) -> Arc<[[u8; 32]]> {
+        keys.iter()
+            .map(|k| Sha256::digest(k.as_bytes()).into())
+            .collect()
+    }
+
+    /// Checks `Authorization: Bearer KEY` in constant time (every key is
+    /// compared in full, digests hide the length).
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        if self.keys.is_empty() {
+            return Ok(());
+        }
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::Unauthorized(
+                    "missing \"Authorization: Bearer <api key>\" header".to_owned(),
+                )
+            })?;
+        let digest: [u8; 32] = Sha256::digest(presented.trim().as_bytes()).into();
+        let mut ok = 0u8;
+        for k in self.keys.iter() {
+            let diff = k
+                .iter()
+                .zip(digest.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            ok |= u8::from(diff == 0);
+        }
+        if ok == 1 {
+            Ok(())
+        } else {
+            Err(ApiError::Unauthorized("unknown API key".to_owned()))
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
     BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(String),
     #[error("{0}")]
     PayloadTooLarge(String),
     #[error("{0}")]
@@ -42,6 +86,7 @@ impl ApiError {
     fn code(&self) -> ErrorCode {
         match self {
             Self::BadRequest(_) => ErrorCode::BadRequest,
+            Self::Unauthorized(_) => ErrorCode::Unauthorized,
             Self::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Self::Unavailable(_) => ErrorCode::Unavailable,
         }
@@ -50,6 +95,7 @@ impl ApiError {
     fn status(&self) -> StatusCode {
         match self {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -138,8 +184,11 @@ fn record(route: &'static str, status: StatusCode) {
 }
 
 /// `POST /api/v1/publish` `{"channel","event","data"}` → `{"epoch","offset"}`.
-pub async fn publish(State(st): State<ApiState>, body: Body) -> Response {
-    let res = publish_inner(&st, body).await;
+pub async fn publish(State(st): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+    let res = match st.authorize(&headers) {
+        Ok(()) => publish_inner(&st, body).await,
+        Err(e) => Err(e),
+    };
     let resp = match res {
         Ok(p) => Json(p).into_response(),
         Err(e) => e.into_response(),
@@ -168,8 +217,11 @@ async fn publish_inner(st: &ApiState, body: Body) -> Result<Published, ApiError>
 
 /// `POST /api/v1/broadcast` `{"channels":[...],"event","data"}` →
 /// `{"results":[{"channel","epoch","offset"} | {"channel","error"}]}`.
-pub async fn broadcast(State(st): State<ApiState>, body: Body) -> Response {
-    let res = broadcast_inner(&st, body).await;
+pub async fn broadcast(State(st): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+    let res = match st.authorize(&headers) {
+        Ok(()) => broadcast_inner(&st, body).await,
+        Err(e) => Err(e),
+    };
     let resp = match res {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),

@@ -34,6 +34,7 @@ pub struct Config {
     /// `tracing` filter directive, e.g. `info` or `herald=debug`.
     pub log: String,
     pub server: ServerConfig,
+    pub api: ApiConfig,
     pub session: SessionConfig,
     pub broker: BrokerConfig,
 }
@@ -44,6 +45,7 @@ impl Default for Config {
             node_id: None,
             log: "info".to_owned(),
             server: ServerConfig::default(),
+            api: ApiConfig::default(),
             session: SessionConfig::default(),
             broker: BrokerConfig::Memory(MemoryConfig::default()),
         }
@@ -79,6 +81,36 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(10),
             worker_threads: None,
         }
+    }
+}
+
+/// The server publish API.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Bearer keys accepted by `/api/v1/*`; none configured = no API auth (development).
+    pub keys: Vec<String>,
+    /// File with one key per line (`#` comments), so a Kubernetes secret can be mounted.
+    pub keys_file: Option<PathBuf>,
+}
+
+impl ApiConfig {
+    /// Every accepted key: the listed ones plus the file's, read now.
+    pub fn all_keys(&self) -> Result<Vec<String>, ConfigError> {
+        let mut keys = self.keys.clone();
+        if let Some(path) = &self.keys_file {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            keys.extend(
+                text.lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                    .map(str::to_owned),
+            );
+        }
+        Ok(keys)
     }
 }
 
@@ -276,6 +308,8 @@ pub struct Overrides {
     pub recovery_max: Option<usize>,
     pub reconnect_secrets: Vec<String>,
     pub reconnect_ttl: Option<Duration>,
+    pub api_keys: Vec<String>,
+    pub api_keys_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -330,6 +364,12 @@ impl Config {
             self.server.worker_threads = Some(v);
         }
         self.broker.set_history(o.history_size, o.history_ttl);
+        if !o.api_keys.is_empty() {
+            self.api.keys = o.api_keys;
+        }
+        if let Some(v) = o.api_keys_file {
+            self.api.keys_file = Some(v);
+        }
         let s = &mut self.session;
         if let Some(v) = o.connect_timeout {
             s.connect_timeout = v;
@@ -457,9 +497,19 @@ impl Config {
                 h.ttl
             ));
         }
+        let api_keys = self.api.all_keys()?;
+        if let Some(short) = api_keys.iter().find(|k| k.len() < 16) {
+            return bad(format!(
+                "api keys need at least 16 bytes each, one has {}",
+                short.len()
+            ));
+        }
         if open_mode && !self.server.allow_open {
+            // The admin listener is fine anywhere once the API needs keys
+            // (its probes and metrics are meant to be scraped).
+            let admin = self.server.admin_listen.filter(|_| api_keys.is_empty());
             let exposed = std::iter::once(self.server.listen)
-                .chain(self.server.admin_listen)
+                .chain(admin)
                 .find(|a| !a.ip().is_loopback());
             if let Some(addr) = exposed {
                 return bad(format!(
@@ -548,6 +598,8 @@ mod tests {
         c.server.admin_listen = Some("0.0.0.0:9090".parse().expect("addr"));
         let err = c.validate(true).expect_err("admin API exposed too");
         assert!(err.to_string().contains("0.0.0.0:9090"), "{err}");
+        c.api.keys = vec!["a-key-of-sixteen-bytes".to_owned()];
+        c.validate(true).expect("a keyed API may listen anywhere");
     }
 
     #[test]

@@ -100,6 +100,19 @@ struct ServeArgs {
         hide_env_values = true
     )]
     reconnect_secret: Vec<String>,
+    /// Key the publish API accepts as `Authorization: Bearer KEY`; repeat (or
+    /// comma-separate in the env) for several [default: none, API open].
+    #[arg(
+        long,
+        env = "HERALD_API_KEY",
+        value_name = "KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_key: Vec<String>,
+    /// File of API keys, one per line (`#` comments).
+    #[arg(long, env = "HERALD_API_KEYS_FILE", value_name = "FILE")]
+    api_keys_file: Option<PathBuf>,
     /// Validity of reconnect tokens [default: 5m].
     #[arg(long, env = "HERALD_RECONNECT_TTL", value_parser = duration, value_name = "DURATION")]
     reconnect_ttl: Option<Duration>,
@@ -114,6 +127,15 @@ struct PublishArgs {
     /// Base URL of a node's API listener.
     #[arg(long, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
     url: String,
+    /// API key, sent as `Authorization: Bearer KEY` (the first one, if a list).
+    #[arg(
+        long,
+        env = "HERALD_API_KEY",
+        value_name = "KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_key: Vec<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -177,6 +199,8 @@ fn load_config(a: ServeArgs) -> anyhow::Result<Config> {
         recovery_max: a.recovery_max,
         reconnect_secrets: a.reconnect_secret,
         reconnect_ttl: a.reconnect_ttl,
+        api_keys: a.api_key,
+        api_keys_file: a.api_keys_file,
     });
     cfg.validate(OPEN_MODE)?;
     Ok(cfg)
@@ -212,6 +236,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::warn!(
             "OPEN MODE: no authentication is configured; anyone who can reach {public} may connect, \
              subscribe to any channel and emit. Use only for development."
+        );
+    }
+    if cfg.api.keys.is_empty() && cfg.api.keys_file.is_none() {
+        tracing::warn!(
+            "the publish API takes no key: anyone who can reach it may publish; \
+             set --api-key or --api-keys-file outside development"
         );
     }
     let broker = match &cfg.broker {
@@ -260,7 +290,8 @@ async fn publish(a: PublishArgs) -> anyhow::Result<()> {
     let data: serde_json::Value = serde_json::from_str(&a.data)
         .with_context(|| format!("DATA is not valid JSON: {}", a.data))?;
     let body = serde_json::json!({"channel": a.channel, "event": a.event, "data": data});
-    let (status, text) = http_post(&a.url, "/api/v1/publish", &body.to_string()).await?;
+    let key = a.api_key.first().map(String::as_str);
+    let (status, text) = http_post(&a.url, "/api/v1/publish", &body.to_string(), key).await?;
     if status.is_success() {
         println!("{text}");
         Ok(())
@@ -273,6 +304,7 @@ async fn http_post(
     base: &str,
     path: &str,
     body: &str,
+    key: Option<&str>,
 ) -> anyhow::Result<(hyper::StatusCode, String)> {
     use http_body_util::{BodyExt, Full};
     let rest = base
@@ -293,10 +325,13 @@ async fn http_post(
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = hyper::Request::post(format!("{prefix}{path}"))
+    let mut req = hyper::Request::post(format!("{prefix}{path}"))
         .header(hyper::header::HOST, authority)
-        .header(hyper::header::CONTENT_TYPE, "application/json")
-        .body(Full::new(bytes::Bytes::from(body.to_owned())))?;
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(k) = key {
+        req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {k}"));
+    }
+    let req = req.body(Full::new(bytes::Bytes::from(body.to_owned())))?;
     let resp = sender.send_request(req).await?;
     let status = resp.status();
     let bytes = resp.into_body().collect().await?.to_bytes();

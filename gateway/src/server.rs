@@ -42,6 +42,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Config(crate::config::ConfigError),
 }
 
 #[derive(Clone)]
@@ -58,6 +60,7 @@ pub struct Server {
     admin: Option<TcpListener>,
     state: AppState,
     max_payload: usize,
+    api_keys: Arc<[[u8; 32]]>,
     close_timeout: Duration,
 }
 
@@ -113,6 +116,7 @@ impl Server {
                 shutdown,
             },
             max_payload: cfg.session.max_payload,
+            api_keys: ApiState::hash_keys(&cfg.api.all_keys().map_err(ServerError::Config)?),
             close_timeout: cfg.session.close_timeout,
         })
     }
@@ -131,6 +135,7 @@ impl Server {
         let api_state = ApiState {
             node: st.node.clone(),
             max_payload: self.max_payload,
+            keys: self.api_keys,
         };
         let admin_routes = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{Gateway, eventually, http_get, http_post, http_post_raw};
+use common::{Gateway, eventually, http_get, http_post, http_post_key, http_post_raw};
 use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::json;
 use std::time::Duration;
@@ -559,4 +559,66 @@ async fn env_and_file_configure_the_node_and_flags_win() {
     );
     assert!(gw.public.ip().is_unspecified());
     assert!(gw.log_contains("OPEN MODE").await, "loud warning");
+}
+
+#[tokio::test]
+async fn api_keys_guard_the_publish_api_but_not_probes() {
+    let dir = std::env::temp_dir().join(format!("herald-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let file = dir.join("keys");
+    std::fs::write(&file, "# rotated monthly\nsecond-key-from-a-file\n").expect("write");
+    let gw = Gateway::start(&[
+        "--api-key",
+        "first-key-on-the-cmdline",
+        "--api-keys-file",
+        file.to_str().expect("path"),
+    ]);
+    let body = json!({"channel":"k","event":"e","data":1}).to_string();
+    let (s, b) = http_post(gw.admin, "/api/v1/publish", &body).await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{b}"
+    );
+    let (s, b) = http_post_key(
+        gw.admin,
+        "/api/v1/broadcast",
+        &body,
+        "wrong-key-of-good-length",
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"]["code"].as_str()),
+        (401, Some("unauthorized")),
+        "{b}"
+    );
+    for key in ["first-key-on-the-cmdline", "second-key-from-a-file"] {
+        let (s, b) = http_post_key(gw.admin, "/api/v1/publish", &body, key).await;
+        assert_eq!(s, 200, "{key}: {b}");
+    }
+    assert_eq!(
+        http_get(gw.admin, "/readyz").await.0,
+        200,
+        "probes stay open"
+    );
+    assert_eq!(
+        http_get(gw.admin, "/metrics").await.0,
+        200,
+        "metrics stay open"
+    );
+    let cli = |key: Option<&str>| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+        c.args(["publish", "k", "e", "2", "--url"])
+            .arg(format!("http://{}", gw.admin));
+        if let Some(k) = key {
+            c.env("HERALD_API_KEY", k);
+        }
+        c.output().expect("herald publish")
+    };
+    assert!(cli(Some("second-key-from-a-file")).status.success());
+    let refused = cli(None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
+    let err = Gateway::fail_to_start(&["--api-key", "short"], &[]);
+    assert!(err.contains("16 bytes"), "{err}");
 }

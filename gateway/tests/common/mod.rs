@@ -555,6 +555,22 @@ pub async fn http_post_raw(addr: SocketAddr, path: &str, body: &str) -> (u16, St
     .await
 }
 
+/// POST with `Authorization: Bearer KEY`.
+pub async fn http_post_key(addr: SocketAddr, path: &str, body: &str, key: &str) -> (u16, Value) {
+    let (status, body) = http(
+        addr,
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|_| panic!("JSON body, got {body:?}")),
+    )
+}
+
 pub async fn http_post(addr: SocketAddr, path: &str, body: &str) -> (u16, Value) {
     let (status, body) = http_post_raw(addr, path, body).await;
     (
