@@ -156,6 +156,81 @@ mod tests {
         assert!(r.capacity() <= KEEP_CAPACITY, "held {}", r.capacity());
     }
 
+    /// Hands out at most `chunk` bytes per read, as a slow network would.
+    struct Chunked {
+        data: Vec<u8>,
+        pos: usize,
+        chunk: usize,
+    }
+
+    impl AsyncRead for Chunked {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self
+                .chunk
+                .min(self.data.len() - self.pos)
+                .min(buf.remaining());
+            let start = self.pos;
+            buf.put_slice(&self.data[start..start + n]);
+            self.pos += n;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime")
+            .block_on(f)
+    }
+
+    // Hostile input: any byte stream yields frames or an error, never a
+    // panic; valid frames survive any split into reads. Failing cases are
+    // kept in gateway/proptest-regressions/ and replayed on every run.
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..3000),
+        ) {
+            block_on(async {
+                let mut r = FrameReader::new(&bytes[..], 2048);
+                for _ in 0..64 {
+                    if r.read_frame().await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+
+        #[test]
+        fn valid_frames_survive_any_split(
+            payloads in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+                1..8,
+            ),
+            chunk in 1usize..97,
+        ) {
+            let mut data = Vec::new();
+            for p in &payloads {
+                data.extend(client_frame(true, OpCode::Binary, p));
+            }
+            let got = block_on(async {
+                let mut r = FrameReader::new(Chunked { data, pos: 0, chunk }, 1024);
+                let mut got = Vec::new();
+                while let Ok(f) = r.read_frame().await {
+                    got.push(f.payload.to_vec());
+                }
+                got
+            });
+            proptest::prop_assert_eq!(got, payloads);
+        }
+    }
+
     #[tokio::test]
     async fn refuses_bad_frames() {
         let big = client_frame(true, OpCode::Text, &[0; 2000]);

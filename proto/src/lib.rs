@@ -387,6 +387,45 @@ mod tests {
         assert!(validate_event(&"e".repeat(129)).is_err());
     }
 
+    // Hostile input: the decoder must answer every string without panicking,
+    // and decode what it accepts faithfully. Failures are kept by proptest
+    // in proto/proptest-regressions/ and replayed on every run.
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn decode_never_panics_on_any_text(s in ".{0,300}") {
+            let _ = Command::decode(&s);
+        }
+
+        #[test]
+        fn decode_never_panics_on_json_shaped_text(
+            s in r#"\{("(op|id|channel|event|data|since|resume|positions|x)":(-?[0-9]{1,22}|"[^"\\]{0,12}"|null|true|\[[0-9,]{0,6}\]|\{"epoch":"a","offset":[0-9-]{1,4}\}),?){0,7}\}"#
+        ) {
+            let _ = Command::decode(&s);
+        }
+
+        #[test]
+        fn commands_decode_to_what_was_sent(
+            op in "(connect|subscribe|unsubscribe|emit|ping|pong|other)",
+            id in proptest::option::of(proptest::prelude::any::<u64>()),
+            channel in "[^\\s\\p{Cc}]{1,40}",
+            n in proptest::prelude::any::<i64>(),
+        ) {
+            let mut v = serde_json::json!({"op": op, "channel": channel, "data": {"n": n}});
+            if let Some(id) = id {
+                v["id"] = id.into();
+            }
+            let text = v.to_string();
+            let cmd = Command::decode(&text).expect("valid frame");
+            proptest::prop_assert_eq!(cmd.op.as_ref(), op.as_str());
+            proptest::prop_assert_eq!(cmd.id, id);
+            proptest::prop_assert_eq!(cmd.channel.as_deref(), Some(channel.as_str()));
+            let data: serde_json::Value = serde_json::from_str(cmd.data.expect("data").get()).expect("json");
+            proptest::prop_assert_eq!(data["n"].as_i64(), Some(n));
+        }
+    }
+
     #[test]
     fn close_codes_split_on_reconnect() {
         assert!(CloseCode::SlowConsumer.reconnect());
