@@ -132,6 +132,11 @@ pub struct SessionConfig {
     /// Frames buffered per connection before it counts as a slow consumer (4001).
     pub outbound_queue: usize,
     pub max_subscriptions: usize,
+    /// Sustained client commands per second per connection (token bucket);
+    /// beyond it commands are refused with `rate_limited`.
+    pub command_rate: u32,
+    /// Commands a connection may send in a burst above the sustained rate.
+    pub command_burst: u32,
     /// Most publications replayed per channel on recovery; a larger gap is `recovered: false`.
     pub recovery_max: usize,
     /// Secrets for reconnect tokens: the first signs, all verify (rotation).
@@ -155,6 +160,8 @@ impl Default for SessionConfig {
             max_payload: 64 * 1024,
             outbound_queue: 1024,
             max_subscriptions: 256,
+            command_rate: 100,
+            command_burst: 200,
             recovery_max: 1000,
             reconnect_secrets: Vec::new(),
             reconnect_ttl: Duration::from_secs(300),
@@ -310,6 +317,8 @@ pub struct Overrides {
     pub reconnect_ttl: Option<Duration>,
     pub api_keys: Vec<String>,
     pub api_keys_file: Option<PathBuf>,
+    pub command_rate: Option<u32>,
+    pub command_burst: Option<u32>,
 }
 
 impl Config {
@@ -392,6 +401,12 @@ impl Config {
         if let Some(v) = o.recovery_max {
             s.recovery_max = v;
         }
+        if let Some(v) = o.command_rate {
+            s.command_rate = v;
+        }
+        if let Some(v) = o.command_burst {
+            s.command_burst = v;
+        }
         if !o.reconnect_secrets.is_empty() {
             s.reconnect_secrets = o.reconnect_secrets;
         }
@@ -438,6 +453,11 @@ impl Config {
                 "session.reconnect_secrets: each secret needs at least 16 bytes, one has {}",
                 short.len()
             ));
+        }
+        if s.command_rate == 0 || s.command_burst == 0 {
+            return bad(
+                "session.command_rate and session.command_burst must be at least 1".to_owned(),
+            );
         }
         if s.reconnect_ttl < Duration::from_secs(1) {
             return bad("session.reconnect_ttl must be at least 1s".to_owned());

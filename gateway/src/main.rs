@@ -100,6 +100,12 @@ struct ServeArgs {
         hide_env_values = true
     )]
     reconnect_secret: Vec<String>,
+    /// Sustained client commands per second per connection [default: 100].
+    #[arg(long, env = "HERALD_COMMAND_RATE", value_name = "N")]
+    command_rate: Option<u32>,
+    /// Client commands allowed in a burst [default: 200].
+    #[arg(long, env = "HERALD_COMMAND_BURST", value_name = "N")]
+    command_burst: Option<u32>,
     /// Key the publish API accepts as `Authorization: Bearer KEY`; repeat (or
     /// comma-separate in the env) for several [default: none, API open].
     #[arg(
@@ -201,6 +207,8 @@ fn load_config(a: ServeArgs) -> anyhow::Result<Config> {
         reconnect_ttl: a.reconnect_ttl,
         api_keys: a.api_key,
         api_keys_file: a.api_keys_file,
+        command_rate: a.command_rate,
+        command_burst: a.command_burst,
     });
     cfg.validate(OPEN_MODE)?;
     Ok(cfg)

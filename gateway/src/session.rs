@@ -104,6 +104,11 @@ pub async fn run(ws: WebSocket<Io>, ctx: Arc<SessionCtx>) {
             subs: HashSet::new(),
             session: format!("{id:016x}"),
             broken: false,
+            bucket: Bucket {
+                tokens: f64::from(ctx.cfg.command_burst),
+                last: Instant::now(),
+                refused: 0,
+            },
         };
         r.run(&mut reader).await;
         drop(reader);
@@ -137,7 +142,19 @@ struct Reader {
     session: String,
     /// The byte stream is no longer parseable as frames (protocol error, oversized frame).
     broken: bool,
+    bucket: Bucket,
 }
+
+/// Token bucket for client commands: `rate` per second, up to `burst` saved.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+    /// Commands refused in a row; persistent flooding ends the connection.
+    refused: u32,
+}
+
+/// Refusals in a row after which a flooding connection is closed (4502).
+const ABUSE_LIMIT: u32 = 1000;
 
 impl Reader {
     async fn run(&mut self, ws: &mut FrameReader<&mut CancelRead<tokio::io::ReadHalf<Io>>>) {
@@ -268,7 +285,39 @@ impl Reader {
         });
     }
 
+    /// Takes one command token; false when the connection is over its rate.
+    fn admit(&mut self) -> bool {
+        let cfg = &self.ctx.cfg;
+        let now = Instant::now();
+        let b = &mut self.bucket;
+        let refill = now.duration_since(b.last).as_secs_f64() * f64::from(cfg.command_rate);
+        b.tokens = (b.tokens + refill).min(f64::from(cfg.command_burst));
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            b.refused = 0;
+            true
+        } else {
+            b.refused += 1;
+            false
+        }
+    }
+
     async fn handle(&mut self, text: &str) {
+        if !self.admit() {
+            if self.bucket.refused >= ABUSE_LIMIT {
+                tracing::info!(session = %self.session, "closing a connection that keeps flooding");
+                self.link
+                    .close_with(CloseCode::ProtocolError, "command flood");
+                return;
+            }
+            let msg = format!(
+                "more than {} commands per second; slow down",
+                self.ctx.cfg.command_rate
+            );
+            let id = Command::decode(text).ok().and_then(|c| c.id);
+            return self.error(id, ErrorCode::RateLimited, &msg, None);
+        }
         let cmd = match Command::decode(text) {
             Ok(c) => c,
             Err((id, e)) => return self.error(id, ErrorCode::BadRequest, &e.0, None),

@@ -622,3 +622,44 @@ async fn api_keys_guard_the_publish_api_but_not_probes() {
     let err = Gateway::fail_to_start(&["--api-key", "short"], &[]);
     assert!(err.contains("16 bytes"), "{err}");
 }
+
+#[tokio::test]
+async fn command_floods_are_rate_limited_then_closed() {
+    let gw = Gateway::start(&["--command-rate", "5", "--command-burst", "5"]);
+    let mut c = gw.connected().await;
+    for i in 0..20 {
+        c.send(json!({"op":"ping","id":1000 + i})).await;
+    }
+    let mut limited = 0;
+    for _ in 0..20 {
+        let r = c.recv().await;
+        if r["code"] == "rate_limited" {
+            assert!(
+                r["id"].as_u64().is_some_and(|id| id >= 1000),
+                "keeps the id: {r}"
+            );
+            limited += 1;
+        } else {
+            assert_eq!(r["op"], "pong", "{r}");
+        }
+    }
+    assert!(
+        limited >= 10,
+        "most of a burst of 20 is refused, got {limited}"
+    );
+    // The bucket refills: the connection is usable again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(c.request(json!({"op":"ping"})).await["op"], "pong");
+    // Other clients were never affected.
+    let mut other = gw.connected().await;
+    assert_eq!(other.request(json!({"op":"ping"})).await["op"], "pong");
+
+    // A connection that keeps flooding is closed.
+    let mut flood = gw.connected().await;
+    for _ in 0..1100 {
+        flood.send_text(r#"{"op":"ping"}"#).await;
+    }
+    let (code, notice) = flood.closed().await;
+    assert_eq!(code, 4502, "{notice:?}");
+    assert!(gw.metric("herald_client_errors_total").await >= 1000.0);
+}
