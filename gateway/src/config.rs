@@ -70,6 +70,13 @@ pub struct ServerConfig {
     /// docs/benchmarks.md), since work stealing across oversubscribed cores
     /// costs more than it gains.
     pub worker_threads: Option<usize>,
+    /// WebSocket sessions this node accepts at once; 0 = as many as file
+    /// descriptors allow. Beyond it, upgrades get HTTP 503 so a load
+    /// balancer can try another node.
+    pub max_connections: usize,
+    /// Browser origins allowed to open WebSockets (exact `scheme://host[:port]`);
+    /// empty = any. Requests without an `Origin` header (non-browsers) pass.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -80,6 +87,8 @@ impl Default for ServerConfig {
             allow_open: false,
             drain_timeout: Duration::from_secs(10),
             worker_threads: None,
+            max_connections: 0,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -319,6 +328,8 @@ pub struct Overrides {
     pub api_keys_file: Option<PathBuf>,
     pub command_rate: Option<u32>,
     pub command_burst: Option<u32>,
+    pub max_connections: Option<usize>,
+    pub allowed_origins: Vec<String>,
 }
 
 impl Config {
@@ -371,6 +382,12 @@ impl Config {
         }
         if let Some(v) = o.worker_threads {
             self.server.worker_threads = Some(v);
+        }
+        if let Some(v) = o.max_connections {
+            self.server.max_connections = v;
+        }
+        if !o.allowed_origins.is_empty() {
+            self.server.allowed_origins = o.allowed_origins;
         }
         self.broker.set_history(o.history_size, o.history_ttl);
         if !o.api_keys.is_empty() {

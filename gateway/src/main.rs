@@ -100,6 +100,18 @@ struct ServeArgs {
         hide_env_values = true
     )]
     reconnect_secret: Vec<String>,
+    /// WebSocket sessions accepted at once; 0 = no limit but file descriptors [default: 0].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
+    max_connections: Option<usize>,
+    /// Browser Origin allowed to connect, e.g. https://app.example.com; repeat
+    /// (or comma-separate in the env) [default: any].
+    #[arg(
+        long,
+        env = "HERALD_ALLOWED_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    allowed_origin: Vec<String>,
     /// Sustained client commands per second per connection [default: 100].
     #[arg(long, env = "HERALD_COMMAND_RATE", value_name = "N")]
     command_rate: Option<u32>,
@@ -209,6 +221,8 @@ fn load_config(a: ServeArgs) -> anyhow::Result<Config> {
         api_keys_file: a.api_keys_file,
         command_rate: a.command_rate,
         command_burst: a.command_burst,
+        max_connections: a.max_connections,
+        allowed_origins: a.allowed_origin,
     });
     cfg.validate(OPEN_MODE)?;
     Ok(cfg)

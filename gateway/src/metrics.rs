@@ -40,6 +40,8 @@ pub struct Metrics {
     pub replayed: IntCounter,
     /// `connect` with `resume`, by `outcome` (resumed, or why the token was refused).
     pub resumes: IntCounterVec,
+    /// WebSocket upgrades refused, by `reason` (max_connections, origin, draining).
+    pub refused: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -145,6 +147,12 @@ impl Metrics {
                 "herald_resumes_total",
                 "Session resume attempts by outcome.",
                 &["outcome"],
+            ),
+            refused: counter_vec(
+                &r,
+                "herald_connections_refused_total",
+                "WebSocket upgrades refused before a session started.",
+                &["reason"],
             ),
             registry: r,
         }

@@ -48,6 +48,8 @@ pub enum ServerError {
 
 #[derive(Clone)]
 struct AppState {
+    /// Admission rules for new WebSockets.
+    limits: Arc<crate::config::ServerConfig>,
     node: Arc<Node>,
     sessions: Arc<SessionCtx>,
     tracker: TaskTracker,
@@ -110,6 +112,7 @@ impl Server {
             public,
             admin,
             state: AppState {
+                limits: Arc::new(cfg.server.clone()),
                 node,
                 sessions,
                 tracker: TaskTracker::new(),
@@ -229,9 +232,36 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-async fn ws_upgrade(State(st): State<AppState>, upgrade: IncomingUpgrade) -> Response {
+async fn ws_upgrade(
+    State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
+    upgrade: IncomingUpgrade,
+) -> Response {
+    let refuse = |reason: &'static str, status: StatusCode, text: &'static str| {
+        metrics().refused.with_label_values(&[reason]).inc();
+        // A refused upgrade has nothing more to say on this connection.
+        (status, [(header::CONNECTION, "close")], text).into_response()
+    };
     if st.shutdown.is_cancelled() {
-        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+        return refuse(
+            "draining",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n",
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = &st.limits.allowed_origins;
+        if !allowed.is_empty() && !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
+            return refuse("origin", StatusCode::FORBIDDEN, "origin not allowed\n");
+        }
+    }
+    let max = st.limits.max_connections;
+    if max > 0 && metrics().connections.get() >= max as i64 {
+        return refuse(
+            "max_connections",
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node is full; try another\n",
+        );
     }
     let (resp, fut) = match upgrade.upgrade() {
         Ok(x) => x,

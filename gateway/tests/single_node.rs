@@ -663,3 +663,41 @@ async fn command_floods_are_rate_limited_then_closed() {
     assert_eq!(code, 4502, "{notice:?}");
     assert!(gw.metric("herald_client_errors_total").await >= 1000.0);
 }
+
+fn upgrade_request(addr: std::net::SocketAddr, origin: Option<&str>) -> String {
+    let origin = origin
+        .map(|o| format!("Origin: {o}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{origin}\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn admission_limits_refuse_before_a_session_starts() {
+    let gw = Gateway::start(&[
+        "--max-connections",
+        "2",
+        "--allowed-origin",
+        "https://app.example.com",
+    ]);
+    let (s, _) = common::http(
+        gw.public,
+        upgrade_request(gw.public, Some("https://evil.example")),
+    )
+    .await;
+    assert_eq!(s, 403, "a foreign browser origin is refused");
+    // Non-browser clients send no Origin and pass.
+    let mut a = gw.connected().await;
+    let _b = gw.connected().await;
+    eventually("two sessions", || async {
+        gw.metric("herald_connections").await == 2.0
+    })
+    .await;
+    let (s, body) = common::http(gw.public, upgrade_request(gw.public, None)).await;
+    assert_eq!(s, 503, "full node: {body}");
+    assert_eq!(gw.metric("herald_connections_refused_total").await, 2.0);
+    // Existing sessions are untouched.
+    assert_eq!(a.request(json!({"op":"ping"})).await["op"], "pong");
+}
