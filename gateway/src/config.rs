@@ -257,12 +257,8 @@ impl BrokerConfig {
             Self::Memory(m) => (&mut m.history_size, &mut m.history_ttl),
             Self::Redis(r) => (&mut r.history_size, &mut r.history_ttl),
         };
-        if let Some(v) = size {
-            *s = v;
-        }
-        if let Some(v) = ttl {
-            *t = v;
-        }
+        set(s, size);
+        set(t, ttl);
     }
 
     fn state_ttl(&self) -> Duration {
@@ -351,12 +347,8 @@ impl Config {
 
     /// Layers flag/env values over the file's.
     pub fn apply(&mut self, o: Overrides) {
-        if let Some(v) = o.listen {
-            self.server.listen = v;
-        }
-        if let Some(v) = o.admin_listen {
-            self.server.admin_listen = Some(v);
-        }
+        set(&mut self.server.listen, o.listen);
+        set(&mut self.server.admin_listen, o.admin_listen.map(Some));
         if let Some(url) = o.redis_url {
             match &mut self.broker {
                 BrokerConfig::Redis(r) => r.url = url,
@@ -368,24 +360,14 @@ impl Config {
                 }
             }
         }
-        if let Some(v) = o.node_id {
-            self.node_id = Some(v);
-        }
+        set(&mut self.node_id, o.node_id.map(Some));
         if o.allow_open {
             self.server.allow_open = true;
         }
-        if let Some(v) = o.log {
-            self.log = v;
-        }
-        if let Some(v) = o.drain_timeout {
-            self.server.drain_timeout = v;
-        }
-        if let Some(v) = o.worker_threads {
-            self.server.worker_threads = Some(v);
-        }
-        if let Some(v) = o.max_connections {
-            self.server.max_connections = v;
-        }
+        set(&mut self.log, o.log);
+        set(&mut self.server.drain_timeout, o.drain_timeout);
+        set(&mut self.server.worker_threads, o.worker_threads.map(Some));
+        set(&mut self.server.max_connections, o.max_connections);
         if !o.allowed_origins.is_empty() {
             self.server.allowed_origins = o.allowed_origins;
         }
@@ -393,43 +375,21 @@ impl Config {
         if !o.api_keys.is_empty() {
             self.api.keys = o.api_keys;
         }
-        if let Some(v) = o.api_keys_file {
-            self.api.keys_file = Some(v);
-        }
+        set(&mut self.api.keys_file, o.api_keys_file.map(Some));
         let s = &mut self.session;
-        if let Some(v) = o.connect_timeout {
-            s.connect_timeout = v;
-        }
-        if let Some(v) = o.ping_interval {
-            s.ping_interval = v;
-        }
-        if let Some(v) = o.pong_timeout {
-            s.pong_timeout = v;
-        }
-        if let Some(v) = o.max_payload {
-            s.max_payload = v;
-        }
-        if let Some(v) = o.outbound_queue {
-            s.outbound_queue = v;
-        }
-        if let Some(v) = o.max_subscriptions {
-            s.max_subscriptions = v;
-        }
-        if let Some(v) = o.recovery_max {
-            s.recovery_max = v;
-        }
-        if let Some(v) = o.command_rate {
-            s.command_rate = v;
-        }
-        if let Some(v) = o.command_burst {
-            s.command_burst = v;
-        }
+        set(&mut s.connect_timeout, o.connect_timeout);
+        set(&mut s.ping_interval, o.ping_interval);
+        set(&mut s.pong_timeout, o.pong_timeout);
+        set(&mut s.max_payload, o.max_payload);
+        set(&mut s.outbound_queue, o.outbound_queue);
+        set(&mut s.max_subscriptions, o.max_subscriptions);
+        set(&mut s.recovery_max, o.recovery_max);
+        set(&mut s.command_rate, o.command_rate);
+        set(&mut s.command_burst, o.command_burst);
         if !o.reconnect_secrets.is_empty() {
             s.reconnect_secrets = o.reconnect_secrets;
         }
-        if let Some(v) = o.reconnect_ttl {
-            s.reconnect_ttl = v;
-        }
+        set(&mut s.reconnect_ttl, o.reconnect_ttl);
     }
 
     /// Checks cross-field rules once, before anything listens.
@@ -561,6 +521,13 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// Overwrites `slot` when a flag or env value was given.
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
     }
 }
 
