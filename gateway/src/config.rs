@@ -6,6 +6,7 @@
 //! module receives only its own sub-struct.
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -37,6 +38,11 @@ pub struct Config {
     pub api: ApiConfig,
     pub session: SessionConfig,
     pub broker: BrokerConfig,
+    pub auth: AuthConfig,
+    /// Rules for channels outside any configured namespace.
+    pub channels: ChannelRuleConfig,
+    /// Per-namespace rules: the part of a channel name before its first `:`.
+    pub namespaces: BTreeMap<String, ChannelRuleConfig>,
 }
 
 impl Default for Config {
@@ -48,8 +54,93 @@ impl Default for Config {
             api: ApiConfig::default(),
             session: SessionConfig::default(),
             broker: BrokerConfig::Memory(MemoryConfig::default()),
+            auth: AuthConfig::default(),
+            channels: ChannelRuleConfig::default(),
+            namespaces: BTreeMap::new(),
         }
     }
+}
+
+/// Connect authentication. With none of `jwt_secret`, `jwt_public_key`,
+/// `jwks_file` set the node runs in open mode (development only).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 shared secret (at least 32 bytes, as RFC 7518 asks).
+    pub jwt_secret: Option<String>,
+    /// PEM public key for RS256 or ES256 tokens.
+    pub jwt_public_key: Option<PathBuf>,
+    /// Pins the algorithm of `jwt_public_key`; default: the one its key type implies.
+    pub jwt_algorithm: Option<JwtAlgorithm>,
+    /// JWKS document (RSA and P-256 keys, chosen by `kid`), re-read when it changes
+    /// so keys can be rotated without a restart.
+    pub jwks_file: Option<PathBuf>,
+    /// When set, tokens must carry this `iss`.
+    pub issuer: Option<String>,
+    /// When set, tokens must carry this `aud`.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf` between the token issuer and this node.
+    #[serde(with = "duration_str")]
+    pub leeway: Duration,
+    /// Connections one user may hold on this node; 0 = no limit. Caps the damage
+    /// of one leaked token or one runaway client.
+    pub max_connections_per_user: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            jwt_secret: None,
+            jwt_public_key: None,
+            jwt_algorithm: None,
+            jwks_file: None,
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(5),
+            max_connections_per_user: 64,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// True when connect tokens are checked.
+    pub fn enabled(&self) -> bool {
+        self.jwt_secret.is_some() || self.jwt_public_key.is_some() || self.jwks_file.is_some()
+    }
+}
+
+/// Signature algorithms a key can be pinned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum JwtAlgorithm {
+    HS256,
+    RS256,
+    ES256,
+}
+
+/// Who may do what on a set of channels.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelRuleConfig {
+    pub subscribe: SubscribeRule,
+    /// Whether clients may `emit`; unset = allowed in open mode, refused with auth.
+    pub client_emit: Option<bool>,
+    /// Overrides the broker's history size for these channels.
+    pub history_size: Option<usize>,
+    /// Overrides the broker's history TTL for these channels.
+    #[serde(with = "opt_duration_str")]
+    pub history_ttl: Option<Duration>,
+}
+
+/// Who may subscribe.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscribeRule {
+    /// Any connected client.
+    #[default]
+    Any,
+    /// Only users whose connect token's `channels` claim lists the channel
+    /// (or a `*` pattern matching it), or who present a subscribe token.
+    Claim,
 }
 
 /// Listeners and process lifecycle.
@@ -326,6 +417,12 @@ pub struct Overrides {
     pub command_burst: Option<u32>,
     pub max_connections: Option<usize>,
     pub allowed_origins: Vec<String>,
+    pub jwt_secret: Option<String>,
+    pub jwt_public_key: Option<PathBuf>,
+    pub jwks_file: Option<PathBuf>,
+    pub jwt_issuer: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub max_connections_per_user: Option<usize>,
 }
 
 impl Config {
@@ -390,13 +487,89 @@ impl Config {
             s.reconnect_secrets = o.reconnect_secrets;
         }
         set(&mut s.reconnect_ttl, o.reconnect_ttl);
+        let a = &mut self.auth;
+        set(&mut a.jwt_secret, o.jwt_secret.map(Some));
+        set(&mut a.jwt_public_key, o.jwt_public_key.map(Some));
+        set(&mut a.jwks_file, o.jwks_file.map(Some));
+        set(&mut a.issuer, o.jwt_issuer.map(Some));
+        set(&mut a.audience, o.jwt_audience.map(Some));
+        set(&mut a.max_connections_per_user, o.max_connections_per_user);
     }
 
     /// Checks cross-field rules once, before anything listens.
     ///
-    /// `open_mode` is true while no authentication is configured.
-    pub fn validate(&self, open_mode: bool) -> Result<(), ConfigError> {
+    /// Open mode: no connect authentication configured.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let open_mode = !self.auth.enabled();
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        let a = &self.auth;
+        let sources = [
+            a.jwt_secret.is_some(),
+            a.jwt_public_key.is_some(),
+            a.jwks_file.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() > 1 {
+            return bad(
+                "auth: set only one of jwt_secret, jwt_public_key and jwks_file".to_owned(),
+            );
+        }
+        if let Some(s) = &a.jwt_secret {
+            if s.len() < 32 {
+                return bad(format!(
+                    "auth.jwt_secret needs at least 32 bytes for HS256, got {}",
+                    s.len()
+                ));
+            }
+        }
+        match a.jwt_algorithm {
+            Some(JwtAlgorithm::HS256) if a.jwt_secret.is_none() => {
+                return bad("auth.jwt_algorithm = \"HS256\" needs auth.jwt_secret".to_owned());
+            }
+            Some(alg @ (JwtAlgorithm::RS256 | JwtAlgorithm::ES256))
+                if a.jwt_public_key.is_none() && a.jwks_file.is_none() =>
+            {
+                return bad(format!(
+                    "auth.jwt_algorithm = \"{alg:?}\" needs auth.jwt_public_key or auth.jwks_file"
+                ));
+            }
+            _ => {}
+        }
+        if a.leeway > Duration::from_secs(300) {
+            return bad(format!(
+                "auth.leeway must be at most 5m, got {:?}",
+                a.leeway
+            ));
+        }
+        let state_ttl = self.broker.state_ttl();
+        let rules = std::iter::once(("channels".to_owned(), &self.channels)).chain(
+            self.namespaces
+                .iter()
+                .map(|(n, r)| (format!("namespaces.{n}"), r)),
+        );
+        for (name, r) in rules {
+            if r.history_size.is_some_and(|n| n > 100_000) {
+                return bad(format!("{name}.history_size must be at most 100000"));
+            }
+            if r.history_ttl
+                .is_some_and(|t| t < Duration::from_secs(1) || t > state_ttl)
+            {
+                return bad(format!(
+                    "{name}.history_ttl must be between 1s and broker.state_ttl ({state_ttl:?})"
+                ));
+            }
+        }
+        for ns in self.namespaces.keys() {
+            if ns.is_empty()
+                || ns.len() > 64
+                || !ns
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            {
+                return bad(format!(
+                    "namespace name {ns:?}: use 1-64 of a-z A-Z 0-9 _ - ."
+                ));
+            }
+        }
         let s = &self.session;
         for (name, d) in [
             ("session.connect_timeout", s.connect_timeout),
@@ -522,6 +695,12 @@ impl Config {
         }
         Ok(())
     }
+
+    /// The rules for channels in namespace `ns` (or outside any: `None`).
+    pub fn channel_rule(&self, ns: Option<&str>) -> &ChannelRuleConfig {
+        ns.and_then(|n| self.namespaces.get(n))
+            .unwrap_or(&self.channels)
+    }
 }
 
 /// Overwrites `slot` when a flag or env value was given.
@@ -550,6 +729,18 @@ mod duration_str {
         let s = String::deserialize(d)?;
         humantime::parse_duration(&s)
             .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
+    }
+}
+
+/// Optional humane durations.
+mod opt_duration_str {
+    use serde::Deserializer;
+    use std::time::Duration;
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        super::duration_str::deserialize(d).map(Some)
     }
 }
 
@@ -587,23 +778,23 @@ mod tests {
             BrokerConfig::Redis(r) => assert_eq!(r.url, "redis://other:2"),
             BrokerConfig::Memory(_) => panic!("expected redis"),
         }
-        c.validate(true).expect("loopback open mode is fine");
+        c.validate().expect("loopback open mode is fine");
     }
 
     #[test]
     fn open_mode_needs_consent_off_loopback() {
         let mut c = Config::default();
         c.server.listen = "0.0.0.0:8080".parse().expect("addr");
-        let err = c.validate(true).expect_err("refused");
+        let err = c.validate().expect_err("refused");
         assert!(err.to_string().contains("--allow-open"), "{err}");
         c.server.allow_open = true;
-        c.validate(true).expect("consented");
+        c.validate().expect("consented");
         let mut c = Config::default();
         c.server.admin_listen = Some("0.0.0.0:9090".parse().expect("addr"));
-        let err = c.validate(true).expect_err("admin API exposed too");
+        let err = c.validate().expect_err("admin API exposed too");
         assert!(err.to_string().contains("0.0.0.0:9090"), "{err}");
         c.api.keys = vec!["a-key-of-sixteen-bytes".to_owned()];
-        c.validate(true).expect("a keyed API may listen anywhere");
+        c.validate().expect("a keyed API may listen anywhere");
     }
 
     #[test]

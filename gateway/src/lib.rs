@@ -14,10 +14,13 @@
 //! - [`broker`]: publish + position assignment + history, atomic per channel;
 //!   [`recovery`] beside it decides what a returning client may replay.
 //! - [`api`]: HTTP publish API; [`server`]: listeners and lifecycle.
-//! - [`config`], [`metrics`], [`token`]: leaves every layer may use.
+//! - [`config`], [`metrics`], [`token`], [`auth`], [`channels`]: leaves every
+//!   layer may use (reconnect tokens, JWTs, channel rules).
 
 pub mod api;
+pub mod auth;
 pub mod broker;
+pub mod channels;
 pub mod config;
 pub mod hub;
 pub mod metrics;

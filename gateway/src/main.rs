@@ -26,6 +26,8 @@ enum Cmd {
     Serve(Box<ServeArgs>),
     /// Publish one event through a node's HTTP API.
     Publish(PublishArgs),
+    /// Mint an HS256 connection token with the configured secret (for trying things out).
+    Token(TokenArgs),
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -131,9 +133,59 @@ struct ServeArgs {
     /// File of API keys, one per line (`#` comments).
     #[arg(long, env = "HERALD_API_KEYS_FILE", value_name = "FILE")]
     api_keys_file: Option<PathBuf>,
+    /// HS256 secret for connection JWTs (at least 32 bytes); turns authentication on.
+    #[arg(
+        long,
+        env = "HERALD_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    jwt_secret: Option<String>,
+    /// PEM public key (RSA or P-256) for RS256/ES256 connection JWTs.
+    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY", value_name = "FILE")]
+    jwt_public_key: Option<PathBuf>,
+    /// JWKS file of public keys, chosen by `kid`, re-read when it changes.
+    #[arg(long, env = "HERALD_JWKS_FILE", value_name = "FILE")]
+    jwks_file: Option<PathBuf>,
+    /// Required `iss` of JWTs.
+    #[arg(long, env = "HERALD_JWT_ISSUER", value_name = "ISS")]
+    jwt_issuer: Option<String>,
+    /// Required `aud` of JWTs.
+    #[arg(long, env = "HERALD_JWT_AUDIENCE", value_name = "AUD")]
+    jwt_audience: Option<String>,
+    /// Connections one user may hold on this node; 0 = no limit [default: 64].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER", value_name = "N")]
+    max_connections_per_user: Option<usize>,
     /// Validity of reconnect tokens [default: 5m].
     #[arg(long, env = "HERALD_RECONNECT_TTL", value_parser = duration, value_name = "DURATION")]
     reconnect_ttl: Option<Duration>,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// User id (`sub`).
+    #[arg(long)]
+    sub: String,
+    /// Channel or `*` pattern the user may subscribe to in `claim` namespaces; repeat or comma-separate.
+    #[arg(long, value_delimiter = ',')]
+    channels: Vec<String>,
+    /// Make a subscribe token for this one channel instead of a connection token.
+    #[arg(long, value_name = "CHANNEL", conflicts_with = "channels")]
+    channel: Option<String>,
+    /// Lifetime.
+    #[arg(long, value_parser = duration, default_value = "1h")]
+    ttl: Duration,
+    /// TOML config file to take `auth.jwt_secret` (and `issuer`/`audience`) from.
+    #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// HS256 secret (overrides the config file).
+    #[arg(
+        long,
+        env = "HERALD_JWT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true
+    )]
+    jwt_secret: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -173,6 +225,7 @@ fn main() -> anyhow::Result<()> {
             let rt = rt.build().context("starting the async runtime")?;
             rt.block_on(publish(args))
         }
+        Cmd::Token(args) => token(args),
     }
 }
 
@@ -184,9 +237,6 @@ fn known_env() -> Vec<String> {
         .map(|e| e.to_string_lossy().into_owned())
         .collect()
 }
-
-/// No authentication exists yet, so every node runs in open mode.
-const OPEN_MODE: bool = true;
 
 /// File, then environment, then flags; validated once.
 fn load_config(a: ServeArgs) -> anyhow::Result<Config> {
@@ -223,13 +273,19 @@ fn load_config(a: ServeArgs) -> anyhow::Result<Config> {
         command_burst: a.command_burst,
         max_connections: a.max_connections,
         allowed_origins: a.allowed_origin,
+        jwt_secret: a.jwt_secret,
+        jwt_public_key: a.jwt_public_key,
+        jwks_file: a.jwks_file,
+        jwt_issuer: a.jwt_issuer,
+        jwt_audience: a.jwt_audience,
+        max_connections_per_user: a.max_connections_per_user,
     });
-    cfg.validate(OPEN_MODE)?;
+    cfg.validate()?;
     Ok(cfg)
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let open_mode = OPEN_MODE;
+    let open_mode = !cfg.auth.enabled();
 
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
         .with_context(|| format!("invalid log filter {:?}", cfg.log))?;
@@ -304,6 +360,30 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Prints a token signed with the configured HS256 secret.
+fn token(a: TokenArgs) -> anyhow::Result<()> {
+    let file = match &a.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    let Some(secret) = a.jwt_secret.or(file.auth.jwt_secret) else {
+        bail!(
+            "no HS256 secret: pass --jwt-secret, set HERALD_JWT_SECRET, or auth.jwt_secret in --config"
+        );
+    };
+    let exp = herald::token::now_secs() + a.ttl.as_secs();
+    let claims = herald::auth::Claims {
+        sub: Some(a.sub),
+        exp,
+        channels: (!a.channels.is_empty()).then_some(a.channels),
+        channel: a.channel,
+        iss: file.auth.issuer,
+        aud: file.auth.audience,
+    };
+    println!("{}", herald::auth::mint_hs256(&secret, &claims)?);
+    Ok(())
 }
 
 /// Minimal HTTP/1.1 POST over hyper's client connection: no TLS, no pooling,

@@ -40,8 +40,16 @@ pub struct Metrics {
     pub replayed: IntCounter,
     /// `connect` with `resume`, by `outcome` (resumed, or why the token was refused).
     pub resumes: IntCounterVec,
-    /// WebSocket upgrades refused, by `reason` (max_connections, origin, draining).
+    /// WebSocket upgrades and connects refused, by `reason` (max_connections, origin, draining, per_user).
     pub refused: IntCounterVec,
+    /// Distinct authenticated users connected to this node.
+    pub users: IntGauge,
+    /// Token checks, by `kind` (connect, subscribe, refresh) and `outcome` (ok or why not).
+    pub auth: IntCounterVec,
+    /// Subscribes and emits refused by channel rules, by `action` and `reason`.
+    pub denials: IntCounterVec,
+    /// JWKS file reloads, by `outcome` (ok, failed).
+    pub jwks_reloads: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -153,6 +161,29 @@ impl Metrics {
                 "herald_connections_refused_total",
                 "WebSocket upgrades refused before a session started.",
                 &["reason"],
+            ),
+            users: gauge(
+                &r,
+                "herald_users",
+                "Distinct authenticated users connected to this node.",
+            ),
+            auth: counter_vec(
+                &r,
+                "herald_auth_total",
+                "Token checks by kind and outcome.",
+                &["kind", "outcome"],
+            ),
+            denials: counter_vec(
+                &r,
+                "herald_permission_denials_total",
+                "Subscribes and emits refused by channel rules.",
+                &["action", "reason"],
+            ),
+            jwks_reloads: counter_vec(
+                &r,
+                "herald_jwks_reloads_total",
+                "JWKS file reloads by outcome.",
+                &["outcome"],
             ),
             registry: r,
         }

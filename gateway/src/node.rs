@@ -8,6 +8,7 @@
 //! every publication gets its position and reaches every node the same way.
 
 use crate::broker::{Broker, BrokerError, History, Position};
+use crate::channels::Rules;
 use crate::hub::{Hub, Leave, SessionLink};
 use crate::metrics::metrics;
 use serde_json::value::RawValue;
@@ -36,15 +37,18 @@ pub struct Node {
     pub hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
     locks: ChannelLocks,
+    /// Per-namespace history size and TTL.
+    pub rules: Arc<Rules>,
 }
 
 impl Node {
-    pub fn new(id: String, hub: Arc<Hub>, broker: Arc<dyn Broker>) -> Self {
+    pub fn new(id: String, hub: Arc<Hub>, broker: Arc<dyn Broker>, rules: Arc<Rules>) -> Self {
         Self {
             id,
             hub,
             broker,
             locks: ChannelLocks::default(),
+            rules,
         }
     }
 
@@ -93,7 +97,7 @@ impl Node {
         limit: usize,
     ) -> Result<History, BrokerError> {
         self.broker
-            .history(channel, after, limit)
+            .history(channel, after, limit, self.rules.history(channel).ttl)
             .await
             .inspect_err(|e| {
                 metrics()
@@ -137,7 +141,11 @@ impl Node {
                 "broker is not connected".to_owned(),
             ));
         }
-        match self.broker.publish(channel, event, data).await {
+        match self
+            .broker
+            .publish(channel, event, data, self.rules.history(channel))
+            .await
+        {
             Ok(p) => {
                 metrics()
                     .published
@@ -228,7 +236,12 @@ mod tests {
             hub.clone(),
             CancellationToken::new(),
         );
-        let node = Arc::new(Node::new("n".into(), hub.clone(), broker));
+        let node = Arc::new(Node::new(
+            "n".into(),
+            hub.clone(),
+            broker,
+            Arc::new(Rules::from_config(&crate::config::Config::default())),
+        ));
         let mut rxs = Vec::new();
         let mut tasks = Vec::new();
         for id in 0..50u64 {

@@ -8,9 +8,11 @@
 //! `drain_timeout`, wait for sessions, return.
 
 use crate::api::{self, ApiState};
+use crate::auth::{Auth, UserConnections};
 use crate::broker::memory::MemoryBroker;
 use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, BrokerError};
+use crate::channels::Rules;
 use crate::config::{BrokerConfig, Config};
 use crate::hub::{Hub, Signal};
 use crate::metrics::metrics;
@@ -44,6 +46,8 @@ pub enum ServerError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Config(crate::config::ConfigError),
+    #[error("auth: {0}")]
+    Auth(crate::auth::AuthSetupError),
 }
 
 #[derive(Clone)]
@@ -78,7 +82,11 @@ impl Server {
             BrokerConfig::Memory(m) => MemoryBroker::start(m, hub.clone(), shutdown.clone()),
             BrokerConfig::Redis(r) => RedisBroker::start(r, hub.clone(), shutdown.clone())?,
         };
-        let node = Arc::new(Node::new(node_id, hub, Arc::clone(&broker)));
+        let rules = Arc::new(Rules::from_config(cfg));
+        let node = Arc::new(Node::new(node_id, hub, Arc::clone(&broker), rules));
+        let auth = Auth::from_config(&cfg.auth)
+            .map_err(ServerError::Auth)?
+            .map(Arc::new);
         // Sessions watch a cheap signal rather than the token itself.
         let drain = Arc::new(Signal::default());
         let (sd, raise) = (shutdown.clone(), Arc::clone(&drain));
@@ -99,6 +107,8 @@ impl Server {
             shutdown: drain,
             tokens,
             drain: cfg.server.drain_timeout,
+            auth,
+            users: UserConnections::new(cfg.auth.max_connections_per_user),
         });
         let bind = |addr: SocketAddr| async move {
             listen(addr).map_err(|source| ServerError::Bind { addr, source })

@@ -12,6 +12,7 @@
 //! read half is wrapped in [`CancelRead`], which turns a cancellation into an
 //! I/O error that `read_frame` returns normally.
 
+use crate::auth::{Auth, AuthError, Identity, UserConnections, UserSlot};
 use crate::broker::Position;
 use crate::config::SessionConfig;
 use crate::hub::{Ending, SessionLink, Signal};
@@ -48,6 +49,10 @@ pub struct SessionCtx {
     pub shutdown: Arc<Signal>,
     pub tokens: Arc<Tokens>,
     pub drain: Duration,
+    /// Connect authentication; `None` in open mode.
+    pub auth: Option<Arc<Auth>>,
+    /// Per-user connection counts on this node.
+    pub users: Arc<UserConnections>,
 }
 
 /// Flags the reader sets and the writer reads.
@@ -59,9 +64,11 @@ struct Shared {
     /// (a slot, not a queue: only the newest ping needs a pong).
     ws_pong: std::sync::Mutex<Option<Bytes>>,
     ws_pong_ready: tokio::sync::Notify,
-    /// What the latest reconnect token vouched for (session id, channels),
-    /// so the writer can push a fresh one before it expires.
-    token_claims: std::sync::Mutex<Option<(String, Vec<String>)>>,
+    /// What the latest reconnect token vouched for (session id, user,
+    /// channels), so the writer can push a fresh one before it expires.
+    token_claims: std::sync::Mutex<Option<(String, String, Vec<String>)>>,
+    /// `exp` of the connection token (UNIX seconds), 0 = none; `refresh` moves it.
+    expires_at: std::sync::atomic::AtomicU64,
     /// When a token was last issued, seconds since the UNIX epoch.
     token_issued: std::sync::atomic::AtomicU64,
 }
@@ -103,6 +110,8 @@ pub async fn run(ws: WebSocket<Io>, ctx: Arc<SessionCtx>) {
             ctx: Arc::clone(&ctx),
             subs: HashSet::new(),
             session: format!("{id:016x}"),
+            identity: Identity::default(),
+            _slot: None,
             broken: false,
             bucket: Bucket {
                 tokens: f64::from(ctx.cfg.command_burst),
@@ -140,6 +149,10 @@ struct Reader {
     ctx: Arc<SessionCtx>,
     subs: HashSet<Box<str>>,
     session: String,
+    /// Who the connection token says this is (anonymous in open mode).
+    identity: Identity,
+    /// This connection's place in its user's per-node limit.
+    _slot: Option<UserSlot>,
     /// The byte stream is no longer parseable as frames (protocol error, oversized frame).
     broken: bool,
     bucket: Bucket,
@@ -331,6 +344,9 @@ impl Reader {
                 self.error(id, ErrorCode::BadRequest, "already connected", None)
             }
             "connect" => {
+                if !self.authenticate(id, cmd.token.as_deref()) {
+                    return;
+                }
                 self.shared.connected.store(true, Ordering::Release);
                 match cmd.resume.as_deref() {
                     Some(t) => self.resume(id, t, cmd.positions.as_ref()).await,
@@ -339,16 +355,22 @@ impl Reader {
                     }
                 }
             }
-            "subscribe" | "unsubscribe" | "emit" if !connected => self.error(
+            "subscribe" | "unsubscribe" | "emit" | "refresh" if !connected => self.error(
                 id,
                 ErrorCode::NotConnected,
                 "send {\"op\":\"connect\"} first",
                 None,
             ),
             "subscribe" => {
-                self.subscribe(id, cmd.channel.as_deref(), cmd.since.clone())
-                    .await
+                self.subscribe(
+                    id,
+                    cmd.channel.as_deref(),
+                    cmd.since.clone(),
+                    cmd.token.as_deref(),
+                )
+                .await
             }
+            "refresh" => self.refresh(id, cmd.token.as_deref()),
             "unsubscribe" => self.unsubscribe(id, cmd.channel.as_deref()).await,
             "emit" => {
                 self.emit(id, cmd.channel.as_deref(), cmd.event.as_deref(), cmd.data)
@@ -356,11 +378,129 @@ impl Reader {
             }
             other => {
                 let msg = format!(
-                    "unknown op {other:?}: expected connect, subscribe, unsubscribe, emit, ping or pong"
+                    "unknown op {other:?}: expected connect, subscribe, unsubscribe, emit, refresh, ping or pong"
                 );
                 self.error(id, ErrorCode::BadRequest, &msg, None)
             }
         }
+    }
+
+    /// Checks the connection token (when auth is configured) and the user's
+    /// connection limit. On refusal answers, closes, and returns false.
+    fn authenticate(&mut self, id: Option<u64>, token: Option<&str>) -> bool {
+        let Some(auth) = self.ctx.auth.clone() else {
+            return true;
+        };
+        let m = metrics();
+        let verified = match token {
+            Some(t) => auth.connect(t),
+            None => Err(AuthError::Missing),
+        };
+        let identity = match verified {
+            Ok(i) => i,
+            Err(e) => {
+                m.auth.with_label_values(&["connect", e.label()]).inc();
+                tracing::debug!(reason = %e, "connect refused");
+                self.error(id, ErrorCode::Unauthorized, &e.to_string(), None);
+                let code = if e == AuthError::Expired {
+                    CloseCode::TokenExpired
+                } else {
+                    CloseCode::Unauthorized
+                };
+                self.link.close(code);
+                return false;
+            }
+        };
+        m.auth.with_label_values(&["connect", "ok"]).inc();
+        let Some(slot) = self.ctx.users.admit(&identity.user) else {
+            m.refused.with_label_values(&["per_user"]).inc();
+            tracing::info!(user = %identity.user, "user is at the per-node connection limit");
+            self.error(
+                id,
+                ErrorCode::TooManyConnections,
+                "this user already has the most connections allowed on this node",
+                None,
+            );
+            self.link.close(CloseCode::TooManyConnections);
+            return false;
+        };
+        self._slot = Some(slot);
+        self.set_expiry(&identity);
+        self.identity = identity;
+        true
+    }
+
+    fn set_expiry(&self, identity: &Identity) {
+        self.shared
+            .expires_at
+            .store(identity.expires.unwrap_or(0), Ordering::Release);
+    }
+
+    /// `refresh`: a new connection token for the same user extends the connection.
+    fn refresh(&mut self, id: Option<u64>, token: Option<&str>) {
+        let Some(auth) = self.ctx.auth.clone() else {
+            return self.error(
+                id,
+                ErrorCode::BadRequest,
+                "authentication is not configured; nothing to refresh",
+                None,
+            );
+        };
+        let Some(token) = token else {
+            return self.error(id, ErrorCode::BadRequest, "missing \"token\"", None);
+        };
+        let m = metrics();
+        let identity = auth.connect(token).and_then(|i| {
+            if i.user == self.identity.user {
+                Ok(i)
+            } else {
+                Err(AuthError::WrongUser)
+            }
+        });
+        match identity {
+            Ok(i) => {
+                m.auth.with_label_values(&["refresh", "ok"]).inc();
+                self.set_expiry(&i);
+                let expires_at = i.expires.unwrap_or(0);
+                self.identity = i;
+                self.reply(&Reply::Refreshed { id, expires_at });
+            }
+            Err(e) => {
+                // The connection keeps its current token until that expires.
+                m.auth.with_label_values(&["refresh", e.label()]).inc();
+                self.error(id, ErrorCode::Unauthorized, &e.to_string(), None);
+            }
+        }
+    }
+
+    /// Channel rules first; a subscribe token can grant what they refuse.
+    fn may_subscribe(&self, ch: &str, token: Option<&str>) -> Result<(), String> {
+        let denied = match self.ctx.node.rules.may_subscribe(&self.identity, ch) {
+            Ok(()) => return Ok(()),
+            Err(d) => d,
+        };
+        let (Some(token), Some(auth)) = (token, self.ctx.auth.as_deref()) else {
+            Self::count_denial("subscribe", denied.label());
+            return Err(denied.message().to_owned());
+        };
+        match auth.subscribe(token, &self.identity.user, ch) {
+            Ok(()) => {
+                metrics().auth.with_label_values(&["subscribe", "ok"]).inc();
+                Ok(())
+            }
+            Err(e) => {
+                metrics()
+                    .auth
+                    .with_label_values(&["subscribe", e.label()])
+                    .inc();
+                Self::count_denial("subscribe", "bad_token");
+                Err(format!("subscribe token refused: {e}"))
+            }
+        }
+    }
+
+    fn count_denial(action: &str, reason: &str) {
+        metrics().denials.with_label_values(&[action, reason]).inc();
     }
 
     /// Checks a channel field; on failure answers the client and returns None.
@@ -381,10 +521,14 @@ impl Reader {
         id: Option<u64>,
         channel: Option<&str>,
         since: Option<Since<'_>>,
+        token: Option<&str>,
     ) {
         let Some(ch) = self.channel(id, channel) else {
             return;
         };
+        if let Err(msg) = self.may_subscribe(ch, token) {
+            return self.error(id, ErrorCode::Forbidden, &msg, Some(ch));
+        }
         let already = self.subs.contains(ch);
         if !already && self.subs.len() >= self.ctx.cfg.max_subscriptions {
             let msg = format!(
@@ -429,6 +573,7 @@ impl Reader {
         channels: Option<&serde_json::Value>,
     ) {
         let token = self.token();
+        let user = Some(self.identity.user.as_str()).filter(|u| !u.is_empty());
         self.reply(&Reply::Connected {
             id,
             session: &self.session,
@@ -436,6 +581,8 @@ impl Reader {
             ping_interval_ms: self.ctx.cfg.ping_interval.as_millis() as u64,
             resumed,
             channels,
+            user,
+            expires_at: self.identity.expires,
             reconnect_token: token.as_deref(),
         });
     }
@@ -456,15 +603,17 @@ impl Reader {
     fn token(&self) -> Option<String> {
         let mut channels: Vec<String> = self.subs.iter().map(|c| c.to_string()).collect();
         channels.sort_unstable();
+        let user = &self.identity.user;
         let token = self
             .ctx
             .tokens
-            .issue(&self.session, "", channels.iter().cloned());
+            .issue(&self.session, user, channels.iter().cloned());
         *self
             .shared
             .token_claims
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((self.session.clone(), channels));
+            .unwrap_or_else(|e| e.into_inner()) =
+            Some((self.session.clone(), user.clone(), channels));
         self.shared
             .token_issued
             .store(token::now_secs(), Ordering::Release);
@@ -482,11 +631,24 @@ impl Reader {
         positions: Option<&HashMap<Cow<'_, str>, Since<'_>>>,
     ) {
         let m = metrics();
-        let claims = match self.ctx.tokens.verify(token, token::now_secs()) {
+        let verified = self
+            .ctx
+            .tokens
+            .verify(token, token::now_secs())
+            .map_err(|e| (e.label(), e.to_string()))
+            .and_then(|c| {
+                // A reconnect token only resumes its own user's session.
+                if c.uid == self.identity.user {
+                    Ok(c)
+                } else {
+                    Err(("wrong_user", "token belongs to another user".to_owned()))
+                }
+            });
+        let claims = match verified {
             Ok(c) => c,
-            Err(e) => {
+            Err((label, e)) => {
                 // The reason is logged and counted, never told to the client.
-                m.resumes.with_label_values(&[e.label()]).inc();
+                m.resumes.with_label_values(&[label]).inc();
                 tracing::info!(reason = %e, "resume refused");
                 return self.reply_connected(id, Some(false), None);
             }
@@ -574,6 +736,11 @@ impl Reader {
         let Some(ch) = self.channel(id, channel) else {
             return;
         };
+        let subscribed = self.subs.contains(ch);
+        if let Err(d) = self.ctx.node.rules.may_emit(&self.identity, ch, subscribed) {
+            Self::count_denial("emit", d.label());
+            return self.error(id, ErrorCode::Forbidden, d.message(), Some(ch));
+        }
         let Some(event) = event else {
             return self.error(id, ErrorCode::BadRequest, "missing \"event\"", Some(ch));
         };
@@ -639,16 +806,26 @@ impl Writer {
         let mut awaiting_connect = true;
         let mut pong_deadline: Option<Instant> = None;
         let mut drain_at: Option<Instant> = None;
+        let leeway = ctx.auth.as_ref().map(|a| a.leeway()).unwrap_or_default();
+        // Connection token expiry: the `exp` last seen and when it falls due.
+        let (mut exp_seen, mut expiry) = (0u64, None::<Instant>);
         loop {
             let connected = shared.connected.load(Ordering::Acquire);
             if connected {
                 awaiting_connect = false;
             }
-            // One timer serves the connect, pong and drain deadlines.
+            let exp = shared.expires_at.load(Ordering::Acquire);
+            if exp != exp_seen {
+                exp_seen = exp;
+                let left = Duration::from_secs(exp.saturating_sub(token::now_secs()));
+                expiry = (exp > 0).then(|| Instant::now() + left + leeway);
+            }
+            // One timer serves the connect, pong, drain and expiry deadlines.
             let next = [
                 awaiting_connect.then_some(connect_deadline),
                 pong_deadline,
                 drain_at,
+                expiry,
             ]
             .into_iter()
             .flatten()
@@ -680,6 +857,12 @@ impl Writer {
                     }
                     if drain_at.is_some_and(|d| now >= d) {
                         self.link.close(CloseCode::Shutdown);
+                    }
+                    // Unless a `refresh` moved the expiry meanwhile.
+                    if expiry.is_some_and(|d| now >= d)
+                        && shared.expires_at.load(Ordering::Acquire) == exp_seen
+                    {
+                        self.link.close(CloseCode::TokenExpired);
                     }
                 }
                 _ = ping.tick(), if connected => {
@@ -727,10 +910,10 @@ impl Writer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let Some((sid, channels)) = claims else {
+        let Some((sid, uid, channels)) = claims else {
             return;
         };
-        if let Some(t) = self.ctx.tokens.issue(&sid, "", channels.into_iter()) {
+        if let Some(t) = self.ctx.tokens.issue(&sid, &uid, channels.into_iter()) {
             self.shared.token_issued.store(now, Ordering::Release);
             let frame = Reply::Token {
                 reconnect_token: &t,

@@ -43,6 +43,9 @@ pub struct Command<'a> {
     /// `connect`: a reconnect token from an earlier session.
     #[serde(default, borrow)]
     pub resume: Option<Cow<'a, str>>,
+    /// `connect` and `refresh`: the connection JWT; `subscribe`: a subscribe JWT.
+    #[serde(default, borrow)]
+    pub token: Option<Cow<'a, str>>,
     /// `connect` with `resume`: the last position seen per channel.
     #[serde(default, borrow)]
     pub positions: Option<std::collections::HashMap<Cow<'a, str>, Since<'a>>>,
@@ -136,6 +139,7 @@ pub enum ErrorCode {
     NotConnected,
     TooManySubscriptions,
     RateLimited,
+    TooManyConnections,
     PayloadTooLarge,
     Unavailable,
     Internal,
@@ -151,6 +155,7 @@ impl ErrorCode {
             Self::NotConnected => "not_connected",
             Self::TooManySubscriptions => "too_many_subscriptions",
             Self::RateLimited => "rate_limited",
+            Self::TooManyConnections => "too_many_connections",
             Self::PayloadTooLarge => "payload_too_large",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
@@ -171,6 +176,7 @@ pub enum CloseCode {
     Forbidden = 4501,
     ProtocolError = 4502,
     MessageTooLarge = 4503,
+    TooManyConnections = 4504,
 }
 
 impl CloseCode {
@@ -195,6 +201,7 @@ impl CloseCode {
             Self::Forbidden => "forbidden",
             Self::ProtocolError => "protocol error",
             Self::MessageTooLarge => "message too large",
+            Self::TooManyConnections => "too many connections",
         }
     }
 
@@ -209,6 +216,7 @@ impl CloseCode {
             4501 => Self::Forbidden,
             4502 => Self::ProtocolError,
             4503 => Self::MessageTooLarge,
+            4504 => Self::TooManyConnections,
             _ => return None,
         })
     }
@@ -230,6 +238,12 @@ pub enum Reply<'a> {
         /// On a successful resume: per channel `{epoch, offset, recovered}`.
         #[serde(skip_serializing_if = "Option::is_none")]
         channels: Option<&'a serde_json::Value>,
+        /// The authenticated user (`sub`), absent in open mode.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<&'a str>,
+        /// When the connection token expires (UNIX seconds): refresh before it.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        expires_at: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
         reconnect_token: Option<&'a str>,
     },
@@ -258,6 +272,12 @@ pub enum Reply<'a> {
         channel: &'a str,
         epoch: &'a str,
         offset: u64,
+    },
+    /// Answer to `refresh`: the connection now lives until `expires_at`.
+    Refreshed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        expires_at: u64,
     },
     Ping,
     /// A fresh reconnect token, pushed before the previous one expires.

@@ -5,7 +5,7 @@
 //! sink before releasing it, which makes assignment and delivery one atomic,
 //! ordered step. State of channels nobody uses expires after `state_ttl`.
 
-use super::{BoxFuture, Broker, BrokerError, History, Position, Sink, new_epoch};
+use super::{BoxFuture, Broker, BrokerError, History, HistoryConfig, Position, Sink, new_epoch};
 use crate::config::MemoryConfig;
 use bytes::Bytes;
 use herald_proto::MessageFrame;
@@ -40,8 +40,6 @@ pub struct MemoryBroker {
     sink: Arc<dyn Sink>,
     /// Idle time after which a channel without subscribers forgets its state.
     ttl: Duration,
-    history_size: usize,
-    history_ttl: Duration,
 }
 
 impl MemoryBroker {
@@ -56,8 +54,6 @@ impl MemoryBroker {
             hasher: Default::default(),
             sink,
             ttl: cfg.state_ttl,
-            history_size: cfg.history_size,
-            history_ttl: cfg.history_ttl,
         });
         crate::metrics::metrics().broker_up.set(1);
         let weak = Arc::downgrade(&broker);
@@ -132,6 +128,7 @@ impl Broker for MemoryBroker {
         channel: &'a str,
         event: &'a str,
         data: &'a RawValue,
+        history: HistoryConfig,
     ) -> BoxFuture<'a, Result<Position, BrokerError>> {
         let mut frame = MessageFrame::prefix(channel, event, data);
         let mut map = self.shard(channel);
@@ -144,10 +141,10 @@ impl Broker for MemoryBroker {
         };
         MessageFrame::finish(&mut frame, &pos.epoch, pos.offset);
         let frame = Bytes::from(frame);
-        if self.history_size > 0 {
-            if st.history.len() >= self.history_size {
-                st.history.pop_front();
-            }
+        while st.history.len() >= history.size.max(1) {
+            st.history.pop_front();
+        }
+        if history.size > 0 {
             st.history
                 .push_back((pos.offset, st.last_used, frame.clone()));
         }
@@ -187,12 +184,13 @@ impl Broker for MemoryBroker {
         channel: &'a str,
         after: u64,
         limit: usize,
+        ttl: Duration,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
         let map = self.shard(channel);
         let h = match map.get(channel) {
             None => History::default(),
             Some(st) => {
-                let oldest = Instant::now().checked_sub(self.history_ttl);
+                let oldest = Instant::now().checked_sub(ttl);
                 History {
                     epoch: Some(st.epoch.clone()),
                     top: st.offset,
@@ -251,12 +249,18 @@ mod tests {
             CancellationToken::new(),
         );
         let d = raw("{\"a\":1}");
-        let p1 = b.publish("c", "e", &d).await.expect("publish");
+        let p1 = b
+            .publish("c", "e", &d, HistoryConfig::default())
+            .await
+            .expect("publish");
         assert_eq!(p1.offset, 1);
         assert!(sink.0.lock().expect("lock").is_empty(), "nobody subscribed");
         let pos = b.subscribe("c").await.expect("subscribe");
         assert_eq!(pos, p1);
-        let p2 = b.publish("c", "e", &d).await.expect("publish");
+        let p2 = b
+            .publish("c", "e", &d, HistoryConfig::default())
+            .await
+            .expect("publish");
         assert_eq!((p2.offset, &p2.epoch), (2, &p1.epoch));
         let got = sink.0.lock().expect("lock").clone();
         assert_eq!(got.len(), 1);
@@ -274,7 +278,7 @@ mod tests {
         let b = MemoryBroker::start(&cfg, sink, CancellationToken::new());
         let d = raw("1");
         for i in 0..1000 {
-            b.publish(&format!("one-off-{i}"), "e", &d)
+            b.publish(&format!("one-off-{i}"), "e", &d, HistoryConfig::default())
                 .await
                 .expect("publish");
         }
@@ -288,7 +292,10 @@ mod tests {
         b.unsubscribe("kept").await.expect("unsubscribe");
         tokio::time::sleep(Duration::from_secs(120)).await;
         assert_eq!(b.channel_count(), 0);
-        let fresh = b.publish("kept", "e", &d).await.expect("publish");
+        let fresh = b
+            .publish("kept", "e", &d, HistoryConfig::default())
+            .await
+            .expect("publish");
         assert_ne!(fresh.epoch, kept.epoch, "lost state means a new epoch");
         assert_eq!(fresh.offset, 1);
     }

@@ -17,6 +17,9 @@ use serde_json::value::RawValue;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
+
+pub use crate::config::HistoryConfig;
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -50,12 +53,15 @@ pub trait Sink: Send + Sync + 'static {
 
 /// A pub/sub backend with per-channel ordered positions.
 pub trait Broker: Send + Sync + 'static {
-    /// Assigns the next offset on `channel` and delivers to every subscribed node.
+    /// Assigns the next offset on `channel`, appends to its history (kept as
+    /// `history` says: the channel's namespace decides), and delivers to
+    /// every subscribed node.
     fn publish<'a>(
         &'a self,
         channel: &'a str,
         event: &'a str,
         data: &'a RawValue,
+        history: HistoryConfig,
     ) -> BoxFuture<'a, Result<Position, BrokerError>>;
 
     /// Starts delivery of `channel` to this node's sink and returns the
@@ -67,12 +73,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Publications of `channel` after offset `after`, oldest first, at most
     /// `limit`, together with the channel's epoch and latest offset read in
-    /// the same atomic step. Entries past `history_ttl` are left out.
+    /// the same atomic step. Entries older than `ttl` are left out.
     fn history<'a>(
         &'a self,
         channel: &'a str,
         after: u64,
         limit: usize,
+        ttl: Duration,
     ) -> BoxFuture<'a, Result<History, BrokerError>>;
 
     /// A secret every node on this broker agrees on (reconnect tokens), or

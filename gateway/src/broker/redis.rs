@@ -17,7 +17,7 @@
 //! reconnects with backoff, resubscribes every wanted channel and reports each
 //! channel's position to the sink, which tells affected clients (4004).
 
-use super::{BoxFuture, Broker, BrokerError, History, Position, Sink, new_epoch};
+use super::{BoxFuture, Broker, BrokerError, History, HistoryConfig, Position, Sink, new_epoch};
 use crate::config::RedisConfig;
 use crate::metrics::metrics;
 use bytes::Bytes;
@@ -313,6 +313,7 @@ impl Broker for RedisBroker {
         channel: &'a str,
         event: &'a str,
         data: &'a RawValue,
+        history: HistoryConfig,
     ) -> BoxFuture<'a, Result<Position, BrokerError>> {
         Box::pin(async move {
             let prefix = MessageFrame::prefix(channel, event, data);
@@ -323,8 +324,8 @@ impl Broker for RedisBroker {
                 .arg(new_epoch())
                 .arg(self.ttl_secs())
                 .arg(prefix)
-                .arg(self.cfg.history_size)
-                .arg(self.cfg.history_ttl.as_secs().max(1));
+                .arg(history.size)
+                .arg(history.ttl.as_secs().max(1));
             let (epoch, offset): (String, u64) =
                 tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn))
                     .await
@@ -388,6 +389,7 @@ impl Broker for RedisBroker {
         channel: &'a str,
         after: u64,
         limit: usize,
+        ttl: Duration,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
@@ -395,7 +397,7 @@ impl Broker for RedisBroker {
             inv.key(history_key(channel))
                 .arg(after)
                 .arg(limit.max(1))
-                .arg(self.cfg.history_ttl.as_secs().max(1));
+                .arg(ttl.as_secs().max(1));
             let raw: Vec<redis::Value> =
                 tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn))
                     .await
