@@ -964,6 +964,15 @@ impl Writer {
                 push_frame(&mut self.buf, OpCode::Close, &1000u16.to_be_bytes())
             }
             Ending::Close { code, reason } => {
+                // Replies queued before the close (e.g. the `error` that
+                // explains it) go out first, except to a slow consumer,
+                // whose full queue is the reason it is closed.
+                if code != CloseCode::SlowConsumer {
+                    while self.buf.len() < 4 * BATCH_BYTES {
+                        let Ok(m) = self.rx.try_recv() else { break };
+                        push_frame(&mut self.buf, OpCode::Text, &m);
+                    }
+                }
                 metrics()
                     .disconnects
                     .with_label_values(&[&code.code().to_string()])
