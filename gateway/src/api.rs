@@ -173,7 +173,7 @@ fn check_data(data: &RawValue, max: usize) -> Result<(), ApiError> {
             "\"data\" is {n} bytes, the limit is {max}"
         )));
     }
-    Ok(())
+    herald_proto::validate_data_depth(data.get()).map_err(ApiError::BadRequest)
 }
 
 fn record(route: &'static str, status: StatusCode) {

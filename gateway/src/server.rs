@@ -245,8 +245,24 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 async fn ws_upgrade(
     State(st): State<AppState>,
     headers: axum::http::HeaderMap,
-    upgrade: IncomingUpgrade,
+    upgrade: Result<IncomingUpgrade, StatusCode>,
 ) -> Response {
+    let Ok(upgrade) = upgrade else {
+        metrics()
+            .refused
+            .with_label_values(&["not_websocket"])
+            .inc();
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [
+                (header::UPGRADE, "websocket"),
+                (header::CONNECTION, "close"),
+            ],
+            "this endpoint speaks WebSocket (version 13): send a GET with \
+             Upgrade: websocket, Sec-WebSocket-Key and Sec-WebSocket-Version: 13\n",
+        )
+            .into_response();
+    };
     let refuse = |reason: &'static str, status: StatusCode, text: &'static str| {
         metrics().refused.with_label_values(&[reason]).inc();
         // A refused upgrade has nothing more to say on this connection.

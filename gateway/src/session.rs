@@ -162,11 +162,15 @@ struct Reader {
 struct Bucket {
     tokens: f64,
     last: Instant,
-    /// Commands refused in a row; persistent flooding ends the connection.
+    /// Commands refused since the client last let its bucket refill to half;
+    /// persistent flooding ends the connection.
     refused: u32,
 }
 
-/// Refusals in a row after which a flooding connection is closed (4502).
+/// Refusals without a pause answered with `rate_limited`; later ones are dropped unanswered.
+const QUIET_AFTER: u32 = 100;
+
+/// Refusals without a pause after which a flooding connection is closed (4502).
 const ABUSE_LIMIT: u32 = 1000;
 
 impl Reader {
@@ -176,6 +180,10 @@ impl Reader {
         // Bytes of a fragmented binary message being skipped (0: none).
         let mut skipping_binary = 0usize;
         loop {
+            // Frames parsed from an already-filled buffer never touch a
+            // tokio resource, so without this a flooding client's reader
+            // could hold a worker thread for a whole buffer of commands.
+            tokio::task::coop::consume_budget().await;
             let frame = match ws.read_frame().await {
                 Ok(f) => f,
                 Err(e) => {
@@ -307,8 +315,13 @@ impl Reader {
         b.tokens = (b.tokens + refill).min(f64::from(cfg.command_burst));
         b.last = now;
         if b.tokens >= 1.0 {
+            // Only a client that slowed down enough to refill half its burst
+            // is forgiven: a sustained flood, admitted a trickle at a time,
+            // keeps counting towards the close.
+            if b.tokens >= f64::from(cfg.command_burst) / 2.0 {
+                b.refused = 0;
+            }
             b.tokens -= 1.0;
-            b.refused = 0;
             true
         } else {
             b.refused += 1;
@@ -322,6 +335,15 @@ impl Reader {
                 tracing::info!(session = %self.session, "closing a connection that keeps flooding");
                 self.link
                     .close_with(CloseCode::ProtocolError, "command flood");
+                return;
+            }
+            if self.bucket.refused > QUIET_AFTER {
+                // Answering every command of a flood costs the node as much
+                // as the flood; past this point refusals are only counted.
+                metrics()
+                    .client_errors
+                    .with_label_values(&["rate_limited_silent"])
+                    .inc();
                 return;
             }
             let msg = format!(
@@ -753,6 +775,9 @@ impl Reader {
         if data.get().len() > max {
             let msg = format!("\"data\" is {} bytes, the limit is {max}", data.get().len());
             return self.error(id, ErrorCode::PayloadTooLarge, &msg, Some(ch));
+        }
+        if let Err(e) = herald_proto::validate_data_depth(data.get()) {
+            return self.error(id, ErrorCode::BadRequest, &e, Some(ch));
         }
         match self.ctx.node.publish(ch, event, data, Source::Client).await {
             Ok(pos) => self.reply(&Reply::Emitted {

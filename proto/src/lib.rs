@@ -129,6 +129,41 @@ pub fn validate_event(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Deepest nesting of arrays and objects accepted in a `data` payload: the
+/// gateway forwards payloads without parsing them, and a browser's
+/// `JSON.parse` can overflow its stack on pathological nesting.
+pub const MAX_DATA_DEPTH: usize = 64;
+
+/// Checks a raw JSON payload's nesting depth in one pass (strings skipped).
+pub fn validate_data_depth(raw: &str) -> Result<(), String> {
+    let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
+    for b in raw.bytes() {
+        if in_str {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DATA_DEPTH {
+                    return Err(format!(
+                        "\"data\" is nested deeper than {MAX_DATA_DEPTH} levels"
+                    ));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
 /// Error codes carried by `{"op":"error"}` frames and the HTTP API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -410,6 +445,17 @@ mod tests {
     // Hostile input: the decoder must answer every string without panicking,
     // and decode what it accepts faithfully. Failures are kept by proptest
     // in proto/proptest-regressions/ and replayed on every run.
+    #[test]
+    fn data_depth_is_bounded_and_strings_do_not_count() {
+        let ok = format!("{}1{}", "[".repeat(64), "]".repeat(64));
+        assert!(validate_data_depth(&ok).is_ok());
+        let deep = format!("{}1{}", "[".repeat(65), "]".repeat(65));
+        assert!(validate_data_depth(&deep).is_err());
+        let in_string = format!("\"{}\\\"{}\"", "[".repeat(100), "{".repeat(100));
+        assert!(validate_data_depth(&in_string).is_ok(), "{in_string}");
+        assert!(validate_data_depth(r#"{"a":[{"b":[]}],"c":"]]]"}"#).is_ok());
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
 

@@ -412,6 +412,24 @@ impl Client {
         }
     }
 
+    /// Next text frame exactly as the server sent it.
+    pub async fn recv_text(&mut self) -> String {
+        assert!(
+            self.pending.is_empty(),
+            "frames already parsed: {:?}",
+            self.pending
+        );
+        loop {
+            let f = tokio::time::timeout(TIMEOUT, self.ws.read_frame())
+                .await
+                .expect("timed out waiting for a frame")
+                .expect("read");
+            if f.opcode == OpCode::Text {
+                return String::from_utf8(f.payload.to_vec()).expect("UTF-8");
+            }
+        }
+    }
+
     /// Sends a WebSocket-level ping and returns the payload of the pong.
     pub async fn ws_ping(&mut self, payload: &[u8]) -> Vec<u8> {
         self.send_frame(Frame::new(
