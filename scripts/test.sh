@@ -21,3 +21,8 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --locked "$@"
+# Bounded fuzzing of the frame reader and command parser (HERALD_FUZZ_SECONDS=0 skips).
+fuzz_secs="${HERALD_FUZZ_SECONDS:-20}"
+if [ "$fuzz_secs" != 0 ]; then
+  scripts/fuzz.sh "$fuzz_secs"
+fi

@@ -30,6 +30,33 @@ pub enum ReadError {
     Protocol(&'static str),
 }
 
+/// Fuzzing entry point (the `frames` target in `fuzz/`, and the corpus
+/// replay test): the first byte picks the frame size limit, the rest is read
+/// as a client byte stream; text frames go through the command decoder.
+/// Must never panic. Reading from a slice never waits, so one poll suffices.
+#[doc(hidden)]
+pub fn fuzz_frames(data: &[u8]) {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let Some((size, stream)) = data.split_first() else {
+        return;
+    };
+    let mut reader = FrameReader::new(stream, 16 + usize::from(*size) * 8);
+    let mut cx = Context::from_waker(Waker::noop());
+    for _ in 0..256 {
+        let frame = {
+            let mut fut = std::pin::pin!(reader.read_frame());
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(f)) => f,
+                _ => return,
+            }
+        };
+        if frame.opcode == OpCode::Text {
+            herald_proto::fuzz_command(&frame.payload);
+        }
+    }
+}
+
 pub struct FrameReader<R> {
     inner: R,
     buf: BytesMut,

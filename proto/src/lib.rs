@@ -164,6 +164,27 @@ pub fn validate_data_depth(raw: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Fuzzing entry point (the `command` target in `fuzz/`, and the corpus
+/// replay test): decodes one frame's text the way the gateway does, and runs
+/// every validator on what it finds. Must never panic.
+#[doc(hidden)]
+pub fn fuzz_command(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(cmd) = Command::decode(text) {
+        if let Some(ch) = &cmd.channel {
+            let _ = validate_channel(ch);
+        }
+        if let Some(ev) = &cmd.event {
+            let _ = validate_event(ev);
+        }
+        if let Some(d) = cmd.data {
+            let _ = validate_data_depth(d.get());
+        }
+    }
+}
+
 /// Error codes carried by `{"op":"error"}` frames and the HTTP API.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

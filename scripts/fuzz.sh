@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs the cargo-fuzz targets (frame reader, command parser) for a bounded
+# time each, starting from and adding to the corpus in fuzz/corpus/.
+# Needs a nightly toolchain; installs cargo-fuzz when it is missing.
+# Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 30)
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+secs="${1:-30}"
+if ! cargo +nightly --version >/dev/null 2>&1; then
+  echo "==> fuzz: no nightly toolchain; skipped (cargo test still replays fuzz/corpus)"
+  exit 0
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  echo "==> installing cargo-fuzz"
+  cargo install --locked --quiet cargo-fuzz
+fi
+for target in frames command; do
+  echo "==> fuzz $target for ${secs}s"
+  cargo +nightly fuzz run "$target" "corpus/$target" -- \
+    -max_total_time="$secs" -max_len=4096 -print_final_stats=1 2>&1 |
+    grep -E '^(Done|stat::number_of_executed_units|==[0-9]+== ERROR|SUMMARY)' || true
+  # libFuzzer exits non-zero on a crash and leaves the input in artifacts/.
+  if compgen -G "artifacts/$target/*" >/dev/null; then
+    echo "fuzz $target found a crash: fuzz/artifacts/$target/" >&2
+    exit 1
+  fi
+done
