@@ -176,15 +176,19 @@ fn check_data(data: &RawValue, max: usize) -> Result<(), ApiError> {
     herald_proto::validate_data_depth(data.get()).map_err(ApiError::BadRequest)
 }
 
-fn record(route: &'static str, status: StatusCode) {
-    metrics()
-        .api_requests
+fn record(route: &'static str, status: StatusCode, started: std::time::Instant) {
+    let m = metrics();
+    m.api_requests
         .with_label_values(&[route, status.as_str()])
         .inc();
+    m.api_duration
+        .with_label_values(&[route, status.as_str()])
+        .observe(started.elapsed().as_secs_f64());
 }
 
 /// `POST /api/v1/publish` `{"channel","event","data"}` → `{"epoch","offset"}`.
 pub async fn publish(State(st): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+    let started = std::time::Instant::now();
     let res = match st.authorize(&headers) {
         Ok(()) => publish_inner(&st, body).await,
         Err(e) => Err(e),
@@ -193,7 +197,7 @@ pub async fn publish(State(st): State<ApiState>, headers: HeaderMap, body: Body)
         Ok(p) => Json(p).into_response(),
         Err(e) => e.into_response(),
     };
-    record("publish", resp.status());
+    record("publish", resp.status(), started);
     resp
 }
 
@@ -218,6 +222,7 @@ async fn publish_inner(st: &ApiState, body: Body) -> Result<Published, ApiError>
 /// `POST /api/v1/broadcast` `{"channels":[...],"event","data"}` →
 /// `{"results":[{"channel","epoch","offset"} | {"channel","error"}]}`.
 pub async fn broadcast(State(st): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+    let started = std::time::Instant::now();
     let res = match st.authorize(&headers) {
         Ok(()) => broadcast_inner(&st, body).await,
         Err(e) => Err(e),
@@ -226,7 +231,7 @@ pub async fn broadcast(State(st): State<ApiState>, headers: HeaderMap, body: Bod
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     };
-    record("broadcast", resp.status());
+    record("broadcast", resp.status(), started);
     resp
 }
 

@@ -363,6 +363,7 @@ impl Hub {
             return;
         }
         pos.offset = offset;
+        let started = std::time::Instant::now();
         let mut sent = 0u64;
         let mut dropped = 0u64;
         for s in &mut ch.subs {
@@ -381,7 +382,10 @@ impl Hub {
                 }
             }
         }
-        metrics().delivered.inc_by(sent);
+        let m = metrics();
+        m.delivered.inc_by(sent);
+        m.fanout_size.observe(sent as f64);
+        m.fanout_duration.observe(started.elapsed().as_secs_f64());
         if dropped > 0 {
             metrics()
                 .dropped
@@ -411,6 +415,7 @@ impl Hub {
 
 impl Sink for Hub {
     fn publication(&self, channel: &str, epoch: &str, offset: u64, frame: Bytes) {
+        metrics().received.inc();
         let mut map = self.shard(channel);
         let Some(ch) = map.get_mut(channel) else {
             metrics()

@@ -3,7 +3,10 @@
 //! One process-wide registry behind [`metrics()`]. Labels are low-cardinality
 //! by construction (an op, a reason, a close code); never a channel or user id.
 
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
 use std::sync::LazyLock;
 
 pub struct Metrics {
@@ -50,12 +53,69 @@ pub struct Metrics {
     pub denials: IntCounterVec,
     /// JWKS file reloads, by `outcome` (ok, failed).
     pub jwks_reloads: IntCounterVec,
+    /// WebSocket sessions started.
+    pub accepted: IntCounter,
+    /// Sessions ended, by `code`: the server's close code, `client` (the
+    /// client closed) or `gone` (the socket failed).
+    pub closed: IntCounterVec,
+    /// Bytes written to client sockets (WebSocket frames).
+    pub bytes_sent: IntCounter,
+    /// Local subscribers each publication was queued to.
+    pub fanout_size: Histogram,
+    /// Time to queue one publication to all its local subscribers.
+    pub fanout_duration: Histogram,
+    /// Publish time (Redis clock) to receipt on this node (node clock).
+    pub broker_lag: Histogram,
+    /// Frames waiting in a session's outbound queue when its writer wakes.
+    pub queue_depth: Histogram,
+    /// Publications received from the broker for local subscribers.
+    pub received: IntCounter,
+    /// Redis commands and scripts, by `command` and `result` (ok, error, timeout).
+    pub redis_commands: IntCounterVec,
+    /// Lua script round trips, by `script` (publish, history, position).
+    pub redis_script_duration: HistogramVec,
+    /// Pub/sub connections re-established after a loss.
+    pub pubsub_reconnects: IntCounter,
+    /// Channels this node is subscribed to on Redis.
+    pub redis_subscriptions: IntGauge,
+    /// API request latency, by `route` and `status`.
+    pub api_duration: HistogramVec,
+    /// Always 1; the labels say which build runs.
+    pub build_info: IntGaugeVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
     c
+}
+
+fn histogram(r: &Registry, name: &str, help: &str, buckets: Vec<f64>) -> Histogram {
+    let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+fn histogram_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
+    r.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+/// Latency buckets from 100 µs to 10 s.
+fn seconds() -> Vec<f64> {
+    vec![
+        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        10.0,
+    ]
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
@@ -185,6 +245,98 @@ impl Metrics {
                 "JWKS file reloads by outcome.",
                 &["outcome"],
             ),
+            accepted: counter(
+                &r,
+                "herald_connections_accepted_total",
+                "WebSocket sessions started.",
+            ),
+            closed: counter_vec(
+                &r,
+                "herald_connections_closed_total",
+                "Sessions ended, by close code (or client, gone).",
+                &["code"],
+            ),
+            bytes_sent: counter(
+                &r,
+                "herald_bytes_sent_total",
+                "Bytes written to client sockets.",
+            ),
+            fanout_size: histogram(
+                &r,
+                "herald_fanout_subscribers",
+                "Local subscribers each publication was queued to.",
+                vec![
+                    1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0, 50000.0,
+                ],
+            ),
+            fanout_duration: histogram(
+                &r,
+                "herald_fanout_duration_seconds",
+                "Time to queue one publication to every local subscriber.",
+                vec![
+                    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                    0.01, 0.05,
+                ],
+            ),
+            broker_lag: histogram(
+                &r,
+                "herald_broker_lag_seconds",
+                "Publish time (Redis clock) to receipt on this node.",
+                seconds(),
+            ),
+            queue_depth: histogram(
+                &r,
+                "herald_outbound_queue_depth",
+                "Frames waiting in a session's outbound queue when its writer wakes.",
+                vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ],
+            ),
+            received: counter(
+                &r,
+                "herald_broker_messages_received_total",
+                "Publications received from the broker for local subscribers.",
+            ),
+            redis_commands: counter_vec(
+                &r,
+                "herald_redis_commands_total",
+                "Redis commands and scripts by command and result.",
+                &["command", "result"],
+            ),
+            redis_script_duration: histogram_vec(
+                &r,
+                "herald_redis_script_duration_seconds",
+                "Lua script round trips by script.",
+                &["script"],
+                seconds(),
+            ),
+            pubsub_reconnects: counter(
+                &r,
+                "herald_redis_pubsub_reconnects_total",
+                "Redis pub/sub connections re-established after a loss.",
+            ),
+            redis_subscriptions: gauge(
+                &r,
+                "herald_redis_subscriptions",
+                "Channels this node is subscribed to on Redis.",
+            ),
+            api_duration: histogram_vec(
+                &r,
+                "herald_api_request_duration_seconds",
+                "HTTP API request latency by route and status.",
+                &["route", "status"],
+                seconds(),
+            ),
+            build_info: {
+                let g = IntGaugeVec::new(
+                    Opts::new("herald_build_info", "Always 1; labels name the build."),
+                    &["version"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(g.clone())).expect("unique metric");
+                g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+                g
+            },
             registry: r,
         }
     }

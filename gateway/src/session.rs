@@ -80,6 +80,7 @@ const BATCH_BYTES: usize = 64 * 1024;
 pub async fn run(ws: WebSocket<Io>, ctx: Arc<SessionCtx>) {
     let m = metrics();
     m.connections.inc();
+    m.accepted.inc();
     let id = fastrand::u64(..);
     // No span around the session: entering one on every poll of every
     // writer costs ~3% at high fan-out (measured); events carry the id.
@@ -138,6 +139,12 @@ pub async fn run(ws: WebSocket<Io>, ctx: Arc<SessionCtx>) {
         for ch in r.subs.drain() {
             ctx.node.unsubscribe(&ch, id).await;
         }
+        let code = match link.ending() {
+            Some(Ending::Close { code, .. }) => Cow::Owned(code.code().to_string()),
+            Some(Ending::ClientClosed) => Cow::Borrowed("client"),
+            Some(Ending::Gone) | None => Cow::Borrowed("gone"),
+        };
+        m.closed.with_label_values(&[&*code]).inc();
         tracing::debug!(session = %format_args!("{id:016x}"), ending = ?link.ending(), "session ended");
     }
     m.connections.dec();
@@ -907,6 +914,7 @@ impl Writer {
                 }
                 msg = self.rx.recv() => {
                     let Some(first) = msg else { break };
+                    metrics().queue_depth.observe((self.rx.len() + 1) as f64);
                     push_frame(&mut self.buf, OpCode::Text, &first);
                     while self.buf.len() < BATCH_BYTES {
                         match self.rx.try_recv() {
@@ -956,7 +964,10 @@ impl Writer {
                 biased;
                 r = self.w.write(&self.buf[pos..]) => match r {
                     Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                    Ok(n) => pos += n,
+                    Ok(n) => {
+                        pos += n;
+                        metrics().bytes_sent.inc_by(n as u64);
+                    }
                     Err(e) => {
                         self.link.finish(Ending::Gone);
                         return Err(e);

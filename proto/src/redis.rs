@@ -10,7 +10,8 @@
 /// Returns `{epoch, offset}`.
 ///
 /// One atomic step: assign the offset, append the frame to the history
-/// stream (entry id `<offset>-0`, fields `f` = frame, `t` = ms time), publish.
+/// stream (entry id `<offset>-0`, fields `f` = frame, `t` = ms time), publish
+/// `<offset> <epoch> <ms time>\n<frame>` (the time lets nodes measure lag).
 /// A new epoch clears the stream, so its ids always start over.
 pub const PUBLISH_SCRIPT: &str = r#"
 local e = redis.call('HGET', KEYS[1], 'e')
@@ -22,13 +23,13 @@ end
 local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 local frame = ARGV[3] .. e .. '","offset":' .. o .. '}'
+local now = redis.call('TIME')
+local ms = now[1] * 1000 + math.floor(now[2] / 1000)
 if tonumber(ARGV[4]) > 0 then
-  local now = redis.call('TIME')
-  local ms = now[1] * 1000 + math.floor(now[2] / 1000)
   redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[4], o .. '-0', 'f', frame, 't', ms)
   redis.call('EXPIRE', KEYS[3], ARGV[5])
 end
-redis.call('PUBLISH', KEYS[2], o .. ' ' .. e .. '\n' .. frame)
+redis.call('PUBLISH', KEYS[2], o .. ' ' .. e .. ' ' .. ms .. '\n' .. frame)
 return {e, o}
 "#;
 

@@ -51,12 +51,48 @@ fn channel_of(pubsub_name: &str) -> Option<&str> {
     pubsub_name.strip_prefix("herald:{")?.strip_suffix('}')
 }
 
-/// Splits a pub/sub payload into `(offset, epoch, frame)`.
-fn parse_payload(payload: &[u8]) -> Option<(u64, &str, &[u8])> {
+/// A pub/sub payload: `<offset> <epoch>[ <ms publish time>]\n<frame>`.
+struct Payload<'a> {
+    offset: u64,
+    epoch: &'a str,
+    /// Redis clock at publish, milliseconds since the UNIX epoch.
+    published_ms: Option<u64>,
+    frame: &'a [u8],
+}
+
+fn parse_payload(payload: &[u8]) -> Option<Payload<'_>> {
     let nl = payload.iter().position(|&b| b == b'\n')?;
     let head = std::str::from_utf8(&payload[..nl]).ok()?;
-    let (offset, epoch) = head.split_once(' ')?;
-    Some((offset.parse().ok()?, epoch, &payload[nl + 1..]))
+    let mut parts = head.split(' ');
+    let offset = parts.next()?.parse().ok()?;
+    let epoch = parts.next()?;
+    let published_ms = parts.next().and_then(|t| t.parse().ok());
+    Some(Payload {
+        offset,
+        epoch,
+        published_ms,
+        frame: &payload[nl + 1..],
+    })
+}
+
+/// Counts one Redis round trip by command and result (and times scripts).
+fn count<T, E>(
+    command: &'static str,
+    started: std::time::Instant,
+    res: &Result<Result<T, E>, tokio::time::error::Elapsed>,
+) {
+    let m = metrics();
+    let result = match res {
+        Ok(Ok(_)) => "ok",
+        Ok(Err(_)) => "error",
+        Err(_) => "timeout",
+    };
+    m.redis_commands.with_label_values(&[command, result]).inc();
+    if matches!(command, "publish" | "history" | "position") {
+        m.redis_script_duration
+            .with_label_values(&[command])
+            .observe(started.elapsed().as_secs_f64());
+    }
 }
 
 pub struct RedisBroker {
@@ -122,11 +158,12 @@ impl RedisBroker {
         inv.key(history_key(channel))
             .arg(new_epoch())
             .arg(self.ttl_secs());
-        let (epoch, offset): (String, u64) =
-            tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn))
-                .await
-                .map_err(|_| unavailable("timed out reading channel position"))?
-                .map_err(unavailable)?;
+        let started = std::time::Instant::now();
+        let res = tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn)).await;
+        count("position", started, &res);
+        let (epoch, offset): (String, u64) = res
+            .map_err(|_| unavailable("timed out reading channel position"))?
+            .map_err(unavailable)?;
         Ok(Position {
             epoch: epoch.into(),
             offset,
@@ -157,6 +194,7 @@ impl RedisBroker {
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
+            let reconnect = !first;
             first = false;
             let (mut sub, mut stream) = match self.connect_pubsub().await {
                 Ok(p) => p.split(),
@@ -177,6 +215,9 @@ impl RedisBroker {
                 continue;
             }
             backoff = Duration::from_millis(100);
+            if reconnect {
+                metrics().pubsub_reconnects.inc();
+            }
             self.set_up(true);
             tracing::info!(url = %redact(&self.cfg.url), "Redis pub/sub connected");
             // Keys of channels with live subscribers must not expire while
@@ -197,12 +238,18 @@ impl RedisBroker {
                     continue;
                 };
                 match parse_payload(msg.get_payload_bytes()) {
-                    Some((offset, epoch, frame)) => {
+                    Some(p) => {
+                        if let Some(ms) = p.published_ms {
+                            let now = crate::token::now_millis();
+                            metrics()
+                                .broker_lag
+                                .observe(now.saturating_sub(ms) as f64 / 1000.0);
+                        }
                         self.sink.publication(
                             channel,
-                            epoch,
-                            offset,
-                            Bytes::copy_from_slice(frame),
+                            p.epoch,
+                            p.offset,
+                            Bytes::copy_from_slice(p.frame),
                         );
                     }
                     None => {
@@ -229,14 +276,22 @@ impl RedisBroker {
         for _ in 0..3 {
             let mut conn = self.conn.clone();
             let cmd = redis::cmd("PING");
-            match tokio::time::timeout(self.cfg.timeout, cmd.query_async::<String>(&mut conn)).await
-            {
+            let started = std::time::Instant::now();
+            let res =
+                tokio::time::timeout(self.cfg.timeout, cmd.query_async::<String>(&mut conn)).await;
+            count("ping", started, &res);
+            match res {
                 Ok(Ok(_)) => return Ok(pubsub),
                 Ok(Err(e)) => last = Some(e.to_string()),
                 Err(_) => last = Some("timed out".to_owned()),
             }
         }
         Err(unavailable(last.unwrap_or_default()))
+    }
+
+    fn count_wanted(&self) {
+        let n = self.wanted.lock().unwrap_or_else(|e| e.into_inner()).len();
+        metrics().redis_subscriptions.set(n as i64);
     }
 
     /// The channels this node wants, copied out of the lock.
@@ -254,8 +309,10 @@ impl RedisBroker {
                 pipe.expire(meta_key(c), self.ttl_secs() as i64).ignore();
             }
             let mut conn = self.conn.clone();
+            let started = std::time::Instant::now();
             let res =
                 tokio::time::timeout(self.cfg.timeout, pipe.query_async::<()>(&mut conn)).await;
+            count("expire", started, &res);
             if !matches!(res, Ok(Ok(()))) {
                 metrics()
                     .broker_errors
@@ -326,11 +383,12 @@ impl Broker for RedisBroker {
                 .arg(prefix)
                 .arg(history.size)
                 .arg(history.ttl.as_secs().max(1));
-            let (epoch, offset): (String, u64) =
-                tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn))
-                    .await
-                    .map_err(|_| unavailable("timed out publishing"))?
-                    .map_err(unavailable)?;
+            let started = std::time::Instant::now();
+            let res = tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn)).await;
+            count("publish", started, &res);
+            let (epoch, offset): (String, u64) = res
+                .map_err(|_| unavailable("timed out publishing"))?
+                .map_err(unavailable)?;
             Ok(Position {
                 epoch: epoch.into(),
                 offset,
@@ -347,6 +405,7 @@ impl Broker for RedisBroker {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(channel.into());
+            self.count_wanted();
             let res = async {
                 tokio::time::timeout(self.cfg.timeout, sub.subscribe(pubsub_channel(channel)))
                     .await
@@ -361,6 +420,7 @@ impl Broker for RedisBroker {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(channel);
+                self.count_wanted();
                 let _ = sub.unsubscribe(pubsub_channel(channel)).await;
             }
             res
@@ -373,6 +433,7 @@ impl Broker for RedisBroker {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(channel);
+            self.count_wanted();
             let Some(mut sub) = self.current_pubsub() else {
                 // Down: the reconnect will not resubscribe it, nothing else to do.
                 return Ok(());
@@ -398,11 +459,12 @@ impl Broker for RedisBroker {
                 .arg(after)
                 .arg(limit.max(1))
                 .arg(ttl.as_secs().max(1));
-            let raw: Vec<redis::Value> =
-                tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn))
-                    .await
-                    .map_err(|_| unavailable("timed out reading history"))?
-                    .map_err(unavailable)?;
+            let started = std::time::Instant::now();
+            let res = tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn)).await;
+            count("history", started, &res);
+            let raw: Vec<redis::Value> = res
+                .map_err(|_| unavailable("timed out reading history"))?
+                .map_err(unavailable)?;
             parse_history(raw)
         })
     }
@@ -480,8 +542,13 @@ mod tests {
 
     #[test]
     fn payload_parses() {
-        let (o, e, f) = parse_payload(b"42 abc\n{\"op\":\"message\"}").expect("valid");
-        assert_eq!((o, e, f), (42, "abc", &b"{\"op\":\"message\"}"[..]));
+        let p = parse_payload(b"42 abc\n{\"op\":\"message\"}").expect("valid");
+        assert_eq!(
+            (p.offset, p.epoch, p.published_ms, p.frame),
+            (42, "abc", None, &b"{\"op\":\"message\"}"[..])
+        );
+        let p = parse_payload(b"7 e 1700000000123\n{}").expect("valid");
+        assert_eq!((p.offset, p.published_ms), (7, Some(1_700_000_000_123)));
         assert!(parse_payload(b"garbage").is_none());
         assert!(parse_payload(b"x abc\n{}").is_none());
     }
