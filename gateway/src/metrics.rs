@@ -341,6 +341,115 @@ impl Metrics {
         }
     }
 
+    /// Creates the known label combinations at zero, so every series exists
+    /// from start-up: dashboards and `rate()` alerts see 0, not "no data".
+    fn preinit(&self) {
+        fn each(v: &IntCounterVec, labels: &[&str]) {
+            for l in labels {
+                v.with_label_values(&[*l]);
+            }
+        }
+        let codes = [
+            "4000", "4001", "4002", "4003", "4004", "4500", "4501", "4502", "4503", "4504",
+        ];
+        each(&self.published, &["api", "client"]);
+        each(&self.dropped, &["slow_consumer", "duplicate", "no_subscribers"]);
+        each(&self.disconnects, &codes);
+        each(&self.closed, &codes);
+        each(&self.closed, &["client", "gone"]);
+        each(
+            &self.broker_errors,
+            &[
+                "publish",
+                "subscribe",
+                "unsubscribe",
+                "history",
+                "pubsub",
+                "connect",
+                "decode",
+                "refresh",
+            ],
+        );
+        each(&self.state_resets, &["gap", "epoch_changed"]);
+        each(
+            &self.client_errors,
+            &[
+                "bad_request",
+                "unauthorized",
+                "forbidden",
+                "not_connected",
+                "too_many_subscriptions",
+                "rate_limited",
+                "rate_limited_silent",
+                "too_many_connections",
+                "payload_too_large",
+                "unavailable",
+            ],
+        );
+        each(
+            &self.recoveries,
+            &[
+                "recovered",
+                "epoch_changed",
+                "ahead",
+                "too_many",
+                "gap",
+                "unavailable",
+                "no_position",
+            ],
+        );
+        each(
+            &self.resumes,
+            &[
+                "resumed",
+                "malformed",
+                "unknown_key",
+                "bad_signature",
+                "expired",
+                "no_key",
+                "wrong_user",
+            ],
+        );
+        each(
+            &self.refused,
+            &[
+                "max_connections",
+                "origin",
+                "draining",
+                "per_user",
+                "not_websocket",
+            ],
+        );
+        each(&self.jwks_reloads, &["ok", "failed"]);
+        for kind in ["connect", "subscribe", "refresh"] {
+            for outcome in ["ok", "expired", "bad_signature", "malformed", "missing"] {
+                self.auth.with_label_values(&[kind, outcome]);
+            }
+        }
+        for (action, reason) in [
+            ("subscribe", "user_channel"),
+            ("subscribe", "not_granted"),
+            ("subscribe", "bad_token"),
+            ("emit", "emit_disabled"),
+            ("emit", "user_channel"),
+            ("emit", "not_granted"),
+        ] {
+            self.denials.with_label_values(&[action, reason]);
+        }
+        for command in ["publish", "history", "position", "ping", "expire"] {
+            for result in ["ok", "error", "timeout"] {
+                self.redis_commands.with_label_values(&[command, result]);
+            }
+        }
+        for script in ["publish", "history", "position"] {
+            self.redis_script_duration.with_label_values(&[script]);
+        }
+        for route in ["publish", "broadcast"] {
+            self.api_requests.with_label_values(&[route, "200"]);
+            self.api_duration.with_label_values(&[route, "200"]);
+        }
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -349,7 +458,11 @@ impl Metrics {
     }
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let m = Metrics::new();
+    m.preinit();
+    m
+});
 
 /// The process-wide metrics.
 pub fn metrics() -> &'static Metrics {
