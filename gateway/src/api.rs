@@ -19,6 +19,7 @@ use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use std::borrow::Cow;
 use std::sync::Arc;
+use tracing::Instrument;
 
 /// Most channels one broadcast may name.
 pub const MAX_BROADCAST_CHANNELS: usize = 1000;
@@ -186,11 +187,24 @@ fn record(route: &'static str, status: StatusCode, started: std::time::Instant) 
         .observe(started.elapsed().as_secs_f64());
 }
 
+/// A span for one API request, continuing the caller's W3C trace if any.
+fn request_span(name: &'static str, headers: &HeaderMap) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    let span = match name {
+        "api_broadcast" => tracing::info_span!("api_broadcast", status = tracing::field::Empty),
+        _ => tracing::info_span!("api_publish", status = tracing::field::Empty),
+    };
+    // Fails only when no OpenTelemetry layer is installed; nothing to continue then.
+    let _ = span.set_parent(crate::telemetry::remote_context(headers));
+    span
+}
+
 /// `POST /api/v1/publish` `{"channel","event","data"}` → `{"epoch","offset"}`.
 pub async fn publish(State(st): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
     let started = std::time::Instant::now();
+    let span = request_span("api_publish", &headers);
     let res = match st.authorize(&headers) {
-        Ok(()) => publish_inner(&st, body).await,
+        Ok(()) => publish_inner(&st, body).instrument(span.clone()).await,
         Err(e) => Err(e),
     };
     let resp = match res {
@@ -198,6 +212,7 @@ pub async fn publish(State(st): State<ApiState>, headers: HeaderMap, body: Body)
         Err(e) => e.into_response(),
     };
     record("publish", resp.status(), started);
+    span.record("status", resp.status().as_u16());
     resp
 }
 
@@ -223,8 +238,9 @@ async fn publish_inner(st: &ApiState, body: Body) -> Result<Published, ApiError>
 /// `{"results":[{"channel","epoch","offset"} | {"channel","error"}]}`.
 pub async fn broadcast(State(st): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
     let started = std::time::Instant::now();
+    let span = request_span("api_broadcast", &headers);
     let res = match st.authorize(&headers) {
-        Ok(()) => broadcast_inner(&st, body).await,
+        Ok(()) => broadcast_inner(&st, body).instrument(span.clone()).await,
         Err(e) => Err(e),
     };
     let resp = match res {
@@ -232,6 +248,7 @@ pub async fn broadcast(State(st): State<ApiState>, headers: HeaderMap, body: Bod
         Err(e) => e.into_response(),
     };
     record("broadcast", resp.status(), started);
+    span.record("status", resp.status().as_u16());
     resp
 }
 

@@ -34,6 +34,8 @@ pub struct Config {
     pub node_id: Option<String>,
     /// `tracing` filter directive, e.g. `info` or `herald=debug`.
     pub log: String,
+    /// `text` for people, `json` for log shippers.
+    pub log_format: LogFormat,
     pub server: ServerConfig,
     pub api: ApiConfig,
     pub session: SessionConfig,
@@ -50,6 +52,7 @@ impl Default for Config {
         Self {
             node_id: None,
             log: "info".to_owned(),
+            log_format: LogFormat::Text,
             server: ServerConfig::default(),
             api: ApiConfig::default(),
             session: SessionConfig::default(),
@@ -59,6 +62,17 @@ impl Default for Config {
             namespaces: BTreeMap::new(),
         }
     }
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Connect authentication. With none of `jwt_secret`, `jwt_public_key`,
@@ -423,6 +437,7 @@ pub struct Overrides {
     pub jwt_issuer: Option<String>,
     pub jwt_audience: Option<String>,
     pub max_connections_per_user: Option<usize>,
+    pub log_format: Option<LogFormat>,
 }
 
 impl Config {
@@ -462,6 +477,7 @@ impl Config {
             self.server.allow_open = true;
         }
         set(&mut self.log, o.log);
+        set(&mut self.log_format, o.log_format);
         set(&mut self.server.drain_timeout, o.drain_timeout);
         set(&mut self.server.worker_threads, o.worker_threads.map(Some));
         set(&mut self.server.max_connections, o.max_connections);

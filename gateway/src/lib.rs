@@ -28,5 +28,6 @@ pub mod node;
 pub mod recovery;
 pub mod server;
 pub mod session;
+pub mod telemetry;
 pub mod token;
 pub mod wsread;

@@ -58,6 +58,9 @@ struct ServeArgs {
     /// Log filter, e.g. `info` or `herald=debug`.
     #[arg(long, env = "HERALD_LOG", value_name = "FILTER")]
     log: Option<String>,
+    /// Log line format [default: text].
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_name = "FORMAT")]
+    log_format: Option<config::LogFormat>,
     /// Window over which clients are told to reconnect on shutdown [default: 10s].
     #[arg(long, env = "HERALD_DRAIN_TIMEOUT", value_parser = duration, value_name = "DURATION")]
     drain_timeout: Option<Duration>,
@@ -279,6 +282,7 @@ fn load_config(a: ServeArgs) -> anyhow::Result<Config> {
         jwt_issuer: a.jwt_issuer,
         jwt_audience: a.jwt_audience,
         max_connections_per_user: a.max_connections_per_user,
+        log_format: a.log_format,
     });
     cfg.validate()?;
     Ok(cfg)
@@ -287,32 +291,28 @@ fn load_config(a: ServeArgs) -> anyhow::Result<Config> {
 async fn serve(cfg: Config) -> anyhow::Result<()> {
     let open_mode = !cfg.auth.enabled();
 
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
-        .with_context(|| format!("invalid log filter {:?}", cfg.log))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-
-    // Every connection is a file descriptor: take all the kernel allows.
-    match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::debug!(max_open_files = n, "raised the file descriptor limit"),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
-    }
     let node_id = cfg.node_id.clone().unwrap_or_else(|| {
         let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
             .take(6)
             .collect();
         format!("herald-{suffix}")
     });
+    let telemetry = herald::telemetry::init(&cfg.log, cfg.log_format, &node_id)?;
+    if telemetry.exporting() {
+        tracing::info!("exporting traces over OTLP");
+    }
+    // Every connection is a file descriptor: take all the kernel allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(max_open_files = n, "raised the file descriptor limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     let shutdown = CancellationToken::new();
     let server = Server::bind(&cfg, node_id.clone(), shutdown.clone()).await?;
     let public = server.public_addr()?;
     let admin = server.admin_addr().transpose()?;
     if open_mode {
         tracing::warn!(
-            "OPEN MODE: no authentication is configured; anyone who can reach {public} may connect, \
+            "OPEN MODE: auth not configured; anyone who can reach {public} may connect, \
              subscribe to any channel and emit. Use only for development."
         );
     }
@@ -340,6 +340,7 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         sd.cancel();
     });
     server.run().await;
+    telemetry.shutdown();
     Ok(())
 }
 

@@ -353,7 +353,10 @@ impl Metrics {
             "4000", "4001", "4002", "4003", "4004", "4500", "4501", "4502", "4503", "4504",
         ];
         each(&self.published, &["api", "client"]);
-        each(&self.dropped, &["slow_consumer", "duplicate", "no_subscribers"]);
+        each(
+            &self.dropped,
+            &["slow_consumer", "duplicate", "no_subscribers"],
+        );
         each(&self.disconnects, &codes);
         each(&self.closed, &codes);
         each(&self.closed, &["client", "gone"]);

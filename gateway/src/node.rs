@@ -141,11 +141,21 @@ impl Node {
                 "broker is not connected".to_owned(),
             ));
         }
-        match self
-            .broker
-            .publish(channel, event, data, self.rules.history(channel))
-            .await
-        {
+        let span = tracing::info_span!(
+            "broker_publish",
+            source = source.label(),
+            offset = tracing::field::Empty
+        );
+        let res = tracing::Instrument::instrument(
+            self.broker
+                .publish(channel, event, data, self.rules.history(channel)),
+            span.clone(),
+        )
+        .await;
+        if let Ok(p) = &res {
+            span.record("offset", p.offset);
+        }
+        match res {
             Ok(p) => {
                 metrics()
                     .published

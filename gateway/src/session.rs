@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf, Wri
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use tracing::Instrument;
 
 type Io = TokioIo<Upgraded>;
 
@@ -373,12 +374,25 @@ impl Reader {
                 self.error(id, ErrorCode::BadRequest, "already connected", None)
             }
             "connect" => {
+                let span = tracing::info_span!(
+                    "connect",
+                    session = %self.session,
+                    user = tracing::field::Empty,
+                    resume = cmd.resume.is_some()
+                );
+                let _entered = span.enter();
                 if !self.authenticate(id, cmd.token.as_deref()) {
                     return;
                 }
+                span.record("user", self.identity.user.as_str());
                 self.shared.connected.store(true, Ordering::Release);
+                drop(_entered);
                 match cmd.resume.as_deref() {
-                    Some(t) => self.resume(id, t, cmd.positions.as_ref()).await,
+                    Some(t) => {
+                        self.resume(id, t, cmd.positions.as_ref())
+                            .instrument(span)
+                            .await
+                    }
                     None => {
                         self.reply_connected(id, None, None);
                     }
@@ -391,12 +405,18 @@ impl Reader {
                 None,
             ),
             "subscribe" => {
+                let span = tracing::info_span!(
+                    "subscribe",
+                    session = %self.session,
+                    recover = cmd.since.is_some()
+                );
                 self.subscribe(
                     id,
                     cmd.channel.as_deref(),
                     cmd.since.clone(),
                     cmd.token.as_deref(),
                 )
+                .instrument(span)
                 .await
             }
             "refresh" => self.refresh(id, cmd.token.as_deref()),
