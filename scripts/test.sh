@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs Herald's whole test suite: formatting, lints, unit and integration tests.
-# Installs what the tests need (redis-server, curl) with apt when missing.
+# Runs Herald's whole test suite: formatting, lints, unit and integration
+# tests, alert rules, the Helm chart and deploy files, and a bounded fuzz run.
+# Installs what it needs (redis-server, curl; the check scripts install
+# prometheus, haproxy, python3-venv) with apt when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +23,11 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --locked "$@"
+echo "==> alert rules and dashboard queries (promtool)"
+scripts/check-alerts.sh
+echo "==> Helm chart and deploy files"
+scripts/check-deploy.sh
+
 # Bounded fuzzing of the frame reader and command parser (HERALD_FUZZ_SECONDS=0 skips).
 fuzz_secs="${HERALD_FUZZ_SECONDS:-20}"
 if [ "$fuzz_secs" != 0 ]; then

@@ -97,6 +97,8 @@ pub struct Identity {
 pub struct Claims {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sub: Option<String>,
+    /// A NumericDate: integer or fractional seconds.
+    #[serde(deserialize_with = "numeric_date")]
     pub exp: u64,
     /// Connect tokens: channels (or patterns) the user may subscribe to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -106,8 +108,16 @@ pub struct Claims {
     pub channel: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// One audience or several (checked by the JWT library, only carried here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub aud: Option<String>,
+    pub aud: Option<serde_json::Value>,
+}
+
+fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    n.as_u64()
+        .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+        .ok_or_else(|| serde::de::Error::custom("exp must be a non-negative number"))
 }
 
 /// Verifies tokens against the configured key.
@@ -492,6 +502,18 @@ mod tests {
     }
 
     #[test]
+    fn fractional_exp_is_a_numeric_date() {
+        let auth = hs_auth();
+        let t = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub":"42","exp": now() as f64 + 60.5}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+        )
+        .expect("mint");
+        assert_eq!(auth.connect(&t).expect("valid").user, "42");
+    }
+
+    #[test]
     fn alg_none_and_garbage_are_rejected() {
         let auth = hs_auth();
         use base64::Engine;
@@ -547,7 +569,7 @@ mod tests {
             auth.connect(&mint_hs256(SECRET, &c).expect("mint")),
             Err(AuthError::MissingClaim("aud" | "iss"))
         ));
-        c.aud = Some("herald".to_owned());
+        c.aud = Some("herald".into());
         c.iss = Some("https://evil".to_owned());
         assert_eq!(
             auth.connect(&mint_hs256(SECRET, &c).expect("mint")),
@@ -555,7 +577,12 @@ mod tests {
         );
         c.iss = Some("https://backend".to_owned());
         assert!(auth.connect(&mint_hs256(SECRET, &c).expect("mint")).is_ok());
-        c.aud = Some("other".to_owned());
+        c.aud = Some(serde_json::json!(["herald", "another-service"]));
+        assert!(
+            auth.connect(&mint_hs256(SECRET, &c).expect("mint")).is_ok(),
+            "an audience array that names us"
+        );
+        c.aud = Some(serde_json::json!(["other", "more"]));
         assert_eq!(
             auth.connect(&mint_hs256(SECRET, &c).expect("mint")),
             Err(AuthError::WrongAudience)

@@ -704,6 +704,19 @@ impl Config {
                 ));
             }
         }
+        // With client auth on, the publish API must not be left open to the network either.
+        let api_addr = self.server.admin_listen.unwrap_or(self.server.listen);
+        if !open_mode
+            && api_keys.is_empty()
+            && !self.server.allow_open
+            && !api_addr.ip().is_loopback()
+        {
+            return bad(format!(
+                "the publish API listens on non-loopback address {api_addr} without API keys; \
+                 set --api-key/--api-keys-file, move it with --admin-listen to a loopback \
+                 address, or pass --allow-open if the network is trusted"
+            ));
+        }
         if let Some(admin) = self.server.admin_listen {
             if admin == self.server.listen {
                 return bad("server.admin_listen must differ from server.listen".to_owned());
@@ -811,6 +824,15 @@ mod tests {
         assert!(err.to_string().contains("0.0.0.0:9090"), "{err}");
         c.api.keys = vec!["a-key-of-sixteen-bytes".to_owned()];
         c.validate().expect("a keyed API may listen anywhere");
+        // Client auth on, API unkeyed on the public address: refused.
+        let mut c = Config::default();
+        c.auth.jwt_secret = Some("an-hs256-secret-of-at-least-32-bytes!!".to_owned());
+        c.server.listen = "0.0.0.0:8080".parse().expect("addr");
+        let err = c.validate().expect_err("unkeyed API exposed");
+        assert!(err.to_string().contains("without API keys"), "{err}");
+        c.server.admin_listen = Some("127.0.0.1:9090".parse().expect("addr"));
+        c.validate()
+            .expect("API on loopback, clients authenticated");
     }
 
     #[test]

@@ -4,6 +4,7 @@ use anyhow::{Context, bail};
 use clap::{ArgAction, CommandFactory, Parser, Subcommand};
 use herald::config::{self, Config, Overrides};
 use herald::server::Server;
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -328,10 +329,12 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     tracing::info!(node = %node_id, %public, admin = ?admin, broker, "herald listening");
     // One machine-readable line on stdout, for scripts and tests.
-    match admin {
-        Some(ad) => println!("herald listening public={public} admin={ad} node={node_id}"),
-        None => println!("herald listening public={public} admin={public} node={node_id}"),
-    }
+    let admin_shown = admin.unwrap_or(public);
+    // Not println!: a closed stdout (`herald serve | head -1`) must not stop the node.
+    let _ = writeln!(
+        std::io::stdout(),
+        "herald listening public={public} admin={admin_shown} node={node_id}"
+    );
 
     let sd = shutdown.clone();
     tokio::spawn(async move {
@@ -381,7 +384,7 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
         channels: (!a.channels.is_empty()).then_some(a.channels),
         channel: a.channel,
         iss: file.auth.issuer,
-        aud: file.auth.audience,
+        aud: file.auth.audience.map(serde_json::Value::from),
     };
     println!("{}", herald::auth::mint_hs256(&secret, &claims)?);
     Ok(())
