@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the cargo-fuzz targets (frame reader, command parser) for a bounded
-# time each, starting from and adding to the corpus in fuzz/corpus/.
+# time each, starting from the corpus in fuzz/corpus/.
 # Needs a nightly toolchain; installs cargo-fuzz when it is missing.
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 30)
 set -euo pipefail
@@ -14,9 +14,15 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "==> installing cargo-fuzz"
   cargo install --locked --quiet cargo-fuzz
 fi
+# New interesting inputs go to a scratch directory unless FUZZ_KEEP=1 (then
+# into the repo's corpus; minimise it afterwards with `cargo fuzz cmin`).
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
 for target in frames command; do
   echo "==> fuzz $target for ${secs}s"
-  cargo +nightly fuzz run "$target" "corpus/$target" -- \
+  if [ "${FUZZ_KEEP:-0}" = 1 ]; then dirs=("corpus/$target"); else dirs=("$scratch/$target" "corpus/$target"); fi
+  mkdir -p "$scratch/$target"
+  cargo +nightly fuzz run "$target" "${dirs[@]}" -- \
     -max_total_time="$secs" -max_len=4096 -print_final_stats=1 2>&1 |
     grep -E '^(Done|stat::number_of_executed_units|==[0-9]+== ERROR|SUMMARY)' || true
   # libFuzzer exits non-zero on a crash and leaves the input in artifacts/.
