@@ -355,7 +355,7 @@ impl Hub {
             return;
         }
         if offset <= pos.offset {
-            metrics().dropped.with_label_values(&["duplicate"]).inc();
+            metrics().hot.dropped_duplicate.inc();
             return;
         }
         if offset != pos.offset + 1 {
@@ -387,10 +387,7 @@ impl Hub {
         m.fanout_size.observe(sent as f64);
         m.fanout_duration.observe(started.elapsed().as_secs_f64());
         if dropped > 0 {
-            metrics()
-                .dropped
-                .with_label_values(&["slow_consumer"])
-                .inc_by(dropped);
+            metrics().hot.dropped_slow_consumer.inc_by(dropped);
         }
     }
 
@@ -418,10 +415,7 @@ impl Sink for Hub {
         metrics().received.inc();
         let mut map = self.shard(channel);
         let Some(ch) = map.get_mut(channel) else {
-            metrics()
-                .dropped
-                .with_label_values(&["no_subscribers"])
-                .inc();
+            metrics().hot.dropped_no_subscribers.inc();
             return;
         };
         match &mut ch.state {

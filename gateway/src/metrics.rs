@@ -82,6 +82,28 @@ pub struct Metrics {
     pub api_duration: HistogramVec,
     /// Always 1; the labels say which build runs.
     pub build_info: IntGaugeVec,
+    /// Children resolved once for per-publication paths (no label lookup there).
+    pub hot: Hot,
+}
+
+/// Label children used on every publication, resolved at start-up.
+pub struct Hot {
+    pub published_api: IntCounter,
+    pub published_client: IntCounter,
+    pub dropped_duplicate: IntCounter,
+    pub dropped_slow_consumer: IntCounter,
+    pub dropped_no_subscribers: IntCounter,
+    /// `herald_redis_commands_total{command=publish|history|position, result=ok}`.
+    pub redis_ok: [IntCounter; 3],
+    /// `herald_redis_script_duration_seconds{script=publish|history|position}`.
+    pub redis_script: [Histogram; 3],
+}
+
+/// Index into [`Hot::redis_ok`] / [`Hot::redis_script`].
+pub fn script_index(script: &str) -> Option<usize> {
+    ["publish", "history", "position"]
+        .iter()
+        .position(|s| *s == script)
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -138,6 +160,31 @@ impl Metrics {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
             r.register(Box::new(pc)).expect("process collector");
         }
+        let published = counter_vec(
+            &r,
+            "herald_messages_published_total",
+            "Publications accepted by the broker through this node.",
+            &["source"],
+        );
+        let dropped = counter_vec(
+            &r,
+            "herald_messages_dropped_total",
+            "Publication frames not delivered.",
+            &["reason"],
+        );
+        let redis_commands = counter_vec(
+            &r,
+            "herald_redis_commands_total",
+            "Redis commands and scripts by command and result.",
+            &["command", "result"],
+        );
+        let redis_script_duration = histogram_vec(
+            &r,
+            "herald_redis_script_duration_seconds",
+            "Lua script round trips by script.",
+            &["script"],
+            seconds(),
+        );
         Self {
             connections: gauge(&r, "herald_connections", "Open WebSocket connections."),
             subscriptions: gauge(
@@ -146,23 +193,13 @@ impl Metrics {
                 "Session subscriptions on this node.",
             ),
             channels: gauge(&r, "herald_channels", "Channels with local subscribers."),
-            published: counter_vec(
-                &r,
-                "herald_messages_published_total",
-                "Publications accepted by the broker through this node.",
-                &["source"],
-            ),
+            published: published.clone(),
             delivered: counter(
                 &r,
                 "herald_messages_delivered_total",
                 "Publication frames queued to local subscribers.",
             ),
-            dropped: counter_vec(
-                &r,
-                "herald_messages_dropped_total",
-                "Publication frames not delivered.",
-                &["reason"],
-            ),
+            dropped: dropped.clone(),
             disconnects: counter_vec(
                 &r,
                 "herald_disconnects_total",
@@ -297,19 +334,8 @@ impl Metrics {
                 "herald_broker_messages_received_total",
                 "Publications received from the broker for local subscribers.",
             ),
-            redis_commands: counter_vec(
-                &r,
-                "herald_redis_commands_total",
-                "Redis commands and scripts by command and result.",
-                &["command", "result"],
-            ),
-            redis_script_duration: histogram_vec(
-                &r,
-                "herald_redis_script_duration_seconds",
-                "Lua script round trips by script.",
-                &["script"],
-                seconds(),
-            ),
+            redis_commands: redis_commands.clone(),
+            redis_script_duration: redis_script_duration.clone(),
             pubsub_reconnects: counter(
                 &r,
                 "herald_redis_pubsub_reconnects_total",
@@ -336,6 +362,17 @@ impl Metrics {
                 r.register(Box::new(g.clone())).expect("unique metric");
                 g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
                 g
+            },
+            hot: Hot {
+                published_api: published.with_label_values(&["api"]),
+                published_client: published.with_label_values(&["client"]),
+                dropped_duplicate: dropped.with_label_values(&["duplicate"]),
+                dropped_slow_consumer: dropped.with_label_values(&["slow_consumer"]),
+                dropped_no_subscribers: dropped.with_label_values(&["no_subscribers"]),
+                redis_ok: ["publish", "history", "position"]
+                    .map(|c| redis_commands.with_label_values(&[c, "ok"])),
+                redis_script: ["publish", "history", "position"]
+                    .map(|c| redis_script_duration.with_label_values(&[c])),
             },
             registry: r,
         }

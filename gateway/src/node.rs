@@ -157,10 +157,10 @@ impl Node {
         }
         match res {
             Ok(p) => {
-                metrics()
-                    .published
-                    .with_label_values(&[source.label()])
-                    .inc();
+                match source {
+                    Source::Api => metrics().hot.published_api.inc(),
+                    Source::Client => metrics().hot.published_client.inc(),
+                }
                 Ok(p)
             }
             Err(e) => {

@@ -82,16 +82,21 @@ fn count<T, E>(
     res: &Result<Result<T, E>, tokio::time::error::Elapsed>,
 ) {
     let m = metrics();
-    let result = match res {
-        Ok(Ok(_)) => "ok",
-        Ok(Err(_)) => "error",
-        Err(_) => "timeout",
-    };
-    m.redis_commands.with_label_values(&[command, result]).inc();
-    if matches!(command, "publish" | "history" | "position") {
-        m.redis_script_duration
-            .with_label_values(&[command])
-            .observe(started.elapsed().as_secs_f64());
+    let idx = crate::metrics::script_index(command);
+    match (res, idx) {
+        (Ok(Ok(_)), Some(i)) => m.hot.redis_ok[i].inc(),
+        (Ok(Ok(_)), None) => m.redis_commands.with_label_values(&[command, "ok"]).inc(),
+        (Ok(Err(_)), _) => m
+            .redis_commands
+            .with_label_values(&[command, "error"])
+            .inc(),
+        (Err(_), _) => m
+            .redis_commands
+            .with_label_values(&[command, "timeout"])
+            .inc(),
+    }
+    if let Some(i) = idx {
+        m.hot.redis_script[i].observe(started.elapsed().as_secs_f64());
     }
 }
 
