@@ -473,6 +473,8 @@ impl Metrics {
             ("emit", "emit_disabled"),
             ("emit", "user_channel"),
             ("emit", "not_granted"),
+            ("resume", "user_channel"),
+            ("resume", "not_granted"),
         ] {
             self.denials.with_label_values(&[action, reason]);
         }

@@ -56,6 +56,9 @@ pub struct SessionCtx {
     pub users: Arc<UserConnections>,
 }
 
+/// Session id, user id, channels, and the channels a subscribe token granted.
+type TokenClaims = (String, String, Vec<String>, Vec<String>);
+
 /// Flags the reader sets and the writer reads.
 #[derive(Default)]
 struct Shared {
@@ -67,7 +70,7 @@ struct Shared {
     ws_pong_ready: tokio::sync::Notify,
     /// What the latest reconnect token vouched for (session id, user,
     /// channels), so the writer can push a fresh one before it expires.
-    token_claims: std::sync::Mutex<Option<(String, String, Vec<String>)>>,
+    token_claims: std::sync::Mutex<Option<TokenClaims>>,
     /// `exp` of the connection token (UNIX seconds), 0 = none; `refresh` moves it.
     expires_at: std::sync::atomic::AtomicU64,
     /// When a token was last issued, seconds since the UNIX epoch.
@@ -113,6 +116,7 @@ pub async fn run(ws: WebSocket<Io>, ctx: Arc<SessionCtx>) {
             subs: HashSet::new(),
             session: format!("{id:016x}"),
             identity: Identity::default(),
+            granted: HashSet::new(),
             _slot: None,
             broken: false,
             bucket: Bucket {
@@ -159,6 +163,8 @@ struct Reader {
     session: String,
     /// Who the connection token says this is (anonymous in open mode).
     identity: Identity,
+    /// Subscriptions a subscribe token granted (rules alone would refuse them).
+    granted: HashSet<Box<str>>,
     /// This connection's place in its user's per-node limit.
     _slot: Option<UserSlot>,
     /// The byte stream is no longer parseable as frames (protocol error, oversized frame).
@@ -523,9 +529,10 @@ impl Reader {
     }
 
     /// Channel rules first; a subscribe token can grant what they refuse.
-    fn may_subscribe(&self, ch: &str, token: Option<&str>) -> Result<(), String> {
+    /// Ok(true) when only the subscribe token allowed it.
+    fn may_subscribe(&self, ch: &str, token: Option<&str>) -> Result<bool, String> {
         let denied = match self.ctx.node.rules.may_subscribe(&self.identity, ch) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(false),
             Err(d) => d,
         };
         let (Some(token), Some(auth)) = (token, self.ctx.auth.as_deref()) else {
@@ -535,7 +542,7 @@ impl Reader {
         match auth.subscribe(token, &self.identity.user, ch) {
             Ok(()) => {
                 metrics().auth.with_label_values(&["subscribe", "ok"]).inc();
-                Ok(())
+                Ok(true)
             }
             Err(e) => {
                 metrics()
@@ -575,9 +582,10 @@ impl Reader {
         let Some(ch) = self.channel(id, channel) else {
             return;
         };
-        if let Err(msg) = self.may_subscribe(ch, token) {
-            return self.error(id, ErrorCode::Forbidden, &msg, Some(ch));
-        }
+        let by_token = match self.may_subscribe(ch, token) {
+            Ok(by_token) => by_token,
+            Err(msg) => return self.error(id, ErrorCode::Forbidden, &msg, Some(ch)),
+        };
         let already = self.subs.contains(ch);
         if !already && self.subs.len() >= self.ctx.cfg.max_subscriptions {
             let msg = format!(
@@ -592,6 +600,9 @@ impl Reader {
             Err(e) => return self.error(id, ErrorCode::Unavailable, &e.to_string(), Some(ch)),
         };
         self.subs.insert(ch.into());
+        if by_token {
+            self.granted.insert(ch.into());
+        }
         // Recovery only makes sense for a new subscription: a live one has
         // already been given everything since it started.
         let since = since.filter(|_| !already);
@@ -652,17 +663,21 @@ impl Reader {
     fn token(&self) -> Option<String> {
         let mut channels: Vec<String> = self.subs.iter().map(|c| c.to_string()).collect();
         channels.sort_unstable();
+        let mut granted: Vec<String> = self.granted.iter().map(|c| c.to_string()).collect();
+        granted.sort_unstable();
         let user = &self.identity.user;
-        let token = self
-            .ctx
-            .tokens
-            .issue(&self.session, user, channels.iter().cloned());
+        let token = self.ctx.tokens.issue(
+            &self.session,
+            user,
+            channels.iter().cloned(),
+            granted.clone(),
+        );
         *self
             .shared
             .token_claims
             .lock()
             .unwrap_or_else(|e| e.into_inner()) =
-            Some((self.session.clone(), user.clone(), channels));
+            Some((self.session.clone(), user.clone(), channels, granted));
         self.shared
             .token_issued
             .store(token::now_secs(), Ordering::Release);
@@ -710,6 +725,18 @@ impl Reader {
             if validate_channel(ch).is_err() {
                 continue;
             }
+            // Rules are applied again (the user's claims may have changed);
+            // only what a subscribe token granted is taken on trust.
+            let by_token = claims.gr.contains(ch);
+            if let Err(d) = self.ctx.node.rules.may_subscribe(&self.identity, ch) {
+                if !by_token {
+                    Self::count_denial("resume", d.label());
+                    let err =
+                        serde_json::json!({"code": ErrorCode::Forbidden, "message": d.message()});
+                    channels.insert(ch.clone(), serde_json::json!({ "error": err }));
+                    continue;
+                }
+            }
             let start = match self.ctx.node.subscribe(ch, &self.link).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -719,6 +746,9 @@ impl Reader {
                 }
             };
             self.subs.insert(ch.as_str().into());
+            if by_token {
+                self.granted.insert(ch.as_str().into());
+            }
             let since = positions.and_then(|p| p.get(ch.as_str()));
             let replay = match since {
                 Some(s) => self.recover(ch, s, &start).await,
@@ -764,6 +794,7 @@ impl Reader {
         let Some(ch) = self.channel(id, channel) else {
             return;
         };
+        self.granted.remove(ch);
         if self.subs.remove(ch) {
             self.ctx.node.unsubscribe(ch, self.link.id).await;
         }
@@ -963,10 +994,14 @@ impl Writer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let Some((sid, uid, channels)) = claims else {
+        let Some((sid, uid, channels, granted)) = claims else {
             return;
         };
-        if let Some(t) = self.ctx.tokens.issue(&sid, &uid, channels.into_iter()) {
+        if let Some(t) = self
+            .ctx
+            .tokens
+            .issue(&sid, &uid, channels.into_iter(), granted)
+        {
             self.shared.token_issued.store(now, Ordering::Release);
             let frame = Reply::Token {
                 reconnect_token: &t,

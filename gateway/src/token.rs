@@ -55,6 +55,10 @@ pub struct Claims {
     /// User id; empty for anonymous sessions (open mode).
     pub uid: String,
     pub ch: Vec<String>,
+    /// The channels of `ch` a subscribe token granted: channel rules cannot
+    /// re-derive them on resume.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gr: Vec<String>,
     /// Expiry, seconds since the UNIX epoch.
     pub exp: u64,
 }
@@ -130,11 +134,13 @@ impl Tokens {
         sid: &str,
         uid: &str,
         channels: impl Iterator<Item = String>,
+        granted: Vec<String>,
     ) -> Option<String> {
         let claims = Claims {
             sid: sid.to_owned(),
             uid: uid.to_owned(),
             ch: channels.collect(),
+            gr: granted,
             exp: now_secs() + self.ttl.as_secs(),
         };
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
@@ -190,7 +196,12 @@ mod tests {
     fn round_trip_and_rotation() {
         let old = tokens(&["old-secret"]);
         let t = old
-            .issue("s1", "u1", ["a".to_owned(), "b".to_owned()].into_iter())
+            .issue(
+                "s1",
+                "u1",
+                ["a".to_owned(), "b".to_owned()].into_iter(),
+                vec!["b".to_owned()],
+            )
             .expect("key");
         let c = old.verify(&t, now_secs()).expect("valid");
         assert_eq!(
@@ -207,7 +218,9 @@ mod tests {
     #[test]
     fn tampering_and_expiry_are_caught() {
         let k = tokens(&["s"]);
-        let t = k.issue("s1", "", std::iter::empty()).expect("key");
+        let t = k
+            .issue("s1", "", std::iter::empty(), Vec::new())
+            .expect("key");
         assert_eq!(k.verify(&t, now_secs() + 301), Err(TokenError::Expired));
         let (kid, rest) = t.split_once('.').expect("parts");
         let (_, sig) = rest.split_once('.').expect("parts");

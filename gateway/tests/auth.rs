@@ -471,3 +471,37 @@ async fn reconnect_tokens_resume_only_their_own_user() {
     assert_eq!(r["resumed"], true, "{r}");
     assert!(r["channels"]["public:x"].is_object(), "{r}");
 }
+
+#[tokio::test]
+async fn resume_applies_channel_rules_again() {
+    let gw = rules_node();
+    let claims = hs(json!({"sub":"42","exp": now() + 600, "channels": ["chat:*"]}));
+    let (mut alice, _) = connect(&gw, Some(&claims)).await;
+    alice.subscribe("public:p").await;
+    alice.subscribe("chat:a").await;
+    let grant = hs(json!({"sub":"42","channel":"vip:x","exp": now() + 60}));
+    let r = alice
+        .request(json!({"op":"subscribe","channel":"vip:x","token":grant}))
+        .await;
+    assert_eq!(r["op"], "subscribed", "{r}");
+    let resume = r["reconnect_token"].as_str().expect("token").to_owned();
+    drop(alice);
+    // The backend has since taken `chat:*` away from this user.
+    let mut again = gw.client().await;
+    let r = again
+        .request(json!({"op":"connect","token":user("42"),"resume":resume}))
+        .await;
+    assert_eq!(r["resumed"], true, "{r}");
+    let ch = &r["channels"];
+    assert!(ch["public:p"]["epoch"].is_string(), "{r}");
+    assert!(
+        ch["vip:x"]["epoch"].is_string(),
+        "granted by a subscribe token: {r}"
+    );
+    assert_eq!(ch["chat:a"]["error"]["code"], "forbidden", "{r}");
+    let (status, _) = gw.publish("chat:a", "e", json!(1)).await;
+    assert_eq!(status, 200);
+    let (status, _) = gw.publish("vip:x", "e", json!(2)).await;
+    assert_eq!(status, 200);
+    assert_eq!(again.message().await["data"], 2, "chat:a is not delivered");
+}
