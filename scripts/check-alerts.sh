@@ -8,29 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-command -v python3 >/dev/null 2>&1 || need+=(python3)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "==> installing ${need[*]}"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  # Keep the package's service from starting: policy-rc.d exit 101 denies it.
-  # Restores whatever policy-rc.d was there before.
-  prc=/usr/sbin/policy-rc.d
-  saved=""
-  if [ -e "$prc" ]; then saved=$(mktemp) && $sudo cp -p "$prc" "$saved"; fi
-  restore() {
-    if [ -n "$saved" ]; then $sudo mv "$saved" "$prc"; else $sudo rm -f "$prc"; fi
-  }
-  trap restore EXIT
-  printf '#!/bin/sh\nexit 101\n' | $sudo tee "$prc" >/dev/null
-  $sudo chmod 755 "$prc"
-  $sudo apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-  restore
-  trap - EXIT
-fi
+. scripts/apt-install.sh
+apt_install_missing promtool:prometheus python3:python3
 
 echo "==> promtool check rules deploy/prometheus/alerts.yml"
 promtool check rules deploy/prometheus/alerts.yml

@@ -18,17 +18,8 @@ cd "$(dirname "$0")/.."
 venv=target/deploy-venv
 reqs="helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 yamllint==1.38.0"
 
-need=()
-python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
-command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
-command -v promtool >/dev/null 2>&1 || need+=(prometheus)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "==> installing ${need[*]}"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+. scripts/apt-install.sh
+apt_install_missing python3-venv haproxy:haproxy promtool:prometheus
 
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$venv/.reqs" 2>/dev/null)" != "$reqs" ]; then
   echo "==> creating $venv ($reqs)"

@@ -243,19 +243,28 @@ fn algorithm(a: JwtAlgorithm) -> Algorithm {
     }
 }
 
+fn read_key_file(path: &Path) -> Result<Vec<u8>, AuthSetupError> {
+    std::fs::read(path).map_err(|source| AuthSetupError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Builds "this key file is unusable" errors for `path`.
+fn key_error(path: &Path) -> impl Fn(String) -> AuthSetupError + '_ {
+    move |message| AuthSetupError::Key {
+        path: path.to_owned(),
+        message,
+    }
+}
+
 /// A PEM public key; its type decides the algorithm unless one is pinned.
 fn read_pem(
     path: &Path,
     pin: Option<JwtAlgorithm>,
 ) -> Result<(Algorithm, DecodingKey), AuthSetupError> {
-    let pem = std::fs::read(path).map_err(|source| AuthSetupError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let bad = |message: String| AuthSetupError::Key {
-        path: path.to_owned(),
-        message,
-    };
+    let pem = read_key_file(path)?;
+    let bad = key_error(path);
     let rsa = DecodingKey::from_rsa_pem(&pem);
     let ec = DecodingKey::from_ec_pem(&pem);
     match (pin, rsa, ec) {
@@ -354,15 +363,9 @@ fn load_jwks(
     pin: Option<Algorithm>,
 ) -> Result<(JwksKeys, Option<(SystemTime, u64)>), AuthSetupError> {
     let stamp = stamp(path);
-    let text = std::fs::read_to_string(path).map_err(|source| AuthSetupError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let bad = |message: String| AuthSetupError::Key {
-        path: path.to_owned(),
-        message,
-    };
-    let set: JwkSet = serde_json::from_str(&text).map_err(|e| bad(format!("not a JWKS: {e}")))?;
+    let text = read_key_file(path)?;
+    let bad = key_error(path);
+    let set: JwkSet = serde_json::from_slice(&text).map_err(|e| bad(format!("not a JWKS: {e}")))?;
     let mut keys = Vec::new();
     for jwk in &set.keys {
         // The key's type decides its algorithm; a stated `alg` must agree.
