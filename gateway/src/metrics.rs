@@ -410,7 +410,10 @@ impl Metrics {
                 "refresh",
             ],
         );
-        each(&self.state_resets, &["gap", "epoch_changed"]);
+        each(
+            &self.state_resets,
+            &["gap", "epoch_changed", "missed_while_disconnected"],
+        );
         each(
             &self.client_errors,
             &[
