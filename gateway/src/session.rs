@@ -428,7 +428,9 @@ impl Reader {
             "refresh" => self.refresh(id, cmd.token.as_deref()),
             "unsubscribe" => self.unsubscribe(id, cmd.channel.as_deref()).await,
             "emit" => {
+                let span = tracing::info_span!("emit", session = %self.session);
                 self.emit(id, cmd.channel.as_deref(), cmd.event.as_deref(), cmd.data)
+                    .instrument(span)
                     .await
             }
             other => {

@@ -54,7 +54,10 @@ pub fn init(filter: &str, format: LogFormat, node_id: &str) -> Result<Telemetry,
             .with_current_span(true)
             .with_writer(std::io::stderr)
             .boxed(),
-    };
+    }
+    // The log filter decides what is logged, not what is traced: `--log warn`
+    // must not switch tracing off.
+    .with_filter(filter);
     let provider = if otlp_configured() {
         Some(tracer_provider(node_id)?)
     } else {
@@ -63,16 +66,12 @@ pub fn init(filter: &str, format: LogFormat, node_id: &str) -> Result<Telemetry,
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("herald"))
-            .boxed()
+            .with_filter(tracing_subscriber::filter::LevelFilter::INFO)
     });
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(otel)
-        .init();
+    tracing_subscriber::registry().with(fmt).with(otel).init();
     Ok(Telemetry { provider })
 }
 

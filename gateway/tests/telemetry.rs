@@ -75,8 +75,9 @@ fn hex(s: &str) -> Vec<u8> {
 async fn api_publish_traces_continue_the_callers_trace() {
     let (addr, bodies) = collector().await;
     let endpoint = format!("http://{addr}");
+    // Quiet logs must not switch tracing off.
     let gw = Gateway::start_env(
-        &[],
+        &["--log", "warn"],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
