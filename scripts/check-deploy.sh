@@ -73,18 +73,21 @@ def must(cond, msg):
 # ---- what herald accepts: docs/configuration.md and the binary ------------
 
 def doc_keys():
-    """TOML keys per table from docs/configuration.md ('' = top level, 'broker.redis', ...)."""
+    """TOML keys per table from docs/configuration.md ('' = top level, 'broker.redis', 'namespaces.NAME', ...).
+
+    A heading may name several tables sharing one key table: ### `[channels]` and `[namespaces.NAME]`."""
     keys, cur = {}, None
     for line in Path("docs/configuration.md").read_text().splitlines():
         if line.startswith("## "):
             cur = None
-        elif m := re.match(r"^### (?:`\[(\w+)\]`|Top level)", line):
-            cur = m.group(1) or ""
+        elif line.startswith("### "):
+            cur = [""] if line == "### Top level" else re.findall(r"`\[([\w.]+)\]`", line) or None
         elif cur is not None and (m := re.match(r'^\*\*`type = "(\w+)"`\*\*', line)):
-            cur = "broker." + m.group(1)
+            cur = ["broker." + m.group(1)]
         elif cur is not None and (m := re.match(r"^\| `(\w+)` \|", line)):
-            keys.setdefault(cur, set()).add(m.group(1))
-    for t in ("", "server", "session", "broker.memory", "broker.redis"):
+            for table in cur:
+                keys.setdefault(table, set()).add(m.group(1))
+    for t in ("", "server", "session", "broker.memory", "broker.redis", "auth", "channels", "namespaces.NAME"):
         must(keys.get(t), f"docs/configuration.md: no key table found for [{t or 'top level'}]")
     return keys
 
@@ -110,9 +113,20 @@ def check_env_names(names, where):
     return f"not yet in {ENV_SRC}: {', '.join(pending)}" if pending else None
 
 
+# herald's rule for namespace names (docs/configuration.md, [namespaces.NAME]).
+NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
 def check_toml_keys(doc, where):
     for k, v in doc.items():
-        if isinstance(v, dict):
+        if k == "namespaces":
+            must(isinstance(v, dict), f"{where}: namespaces must be a table of [namespaces.NAME] tables")
+            for name, rule in v.items():
+                must(NAMESPACE.fullmatch(name), f"{where}: namespace name {name!r}: use 1-64 of A-Z a-z 0-9 _ - .")
+                must(isinstance(rule, dict), f"{where}: namespaces.{name} must be a table")
+                extra = set(rule) - DOC["namespaces.NAME"]
+                must(not extra, f"{where}: [namespaces.{name}] keys not in docs/configuration.md: {sorted(extra)}")
+        elif isinstance(v, dict):
             must(k in {t.split(".")[0] for t in DOC if t}, f"{where}: table [{k}] not in docs/configuration.md")
             table = k
             if k == "broker":
@@ -298,14 +312,40 @@ def check_config(docs, label):
     return "; ".join(filter(None, ["keys match docs", pod_run(toml_text, c, label), env_note]))
 
 
+# [auth] keys the chart sets from secrets.* and jwt.* (environment), never from config.auth.
+AUTH_FROM_ENV = {"jwt_secret", "jwt_public_key", "jwks_file", "issuer", "audience"}
+
+
 def schema_matches_docs():
     with helm.Chart.load(CHART) as chart:
-        props = chart.schema["properties"]["config"]["properties"]
-    extra = set(props) - {"server", "session", "broker"} - DOC[""]
-    for t in ("server", "session"):
-        extra |= {f"{t}.{k}" for k in props[t]["properties"]} - {f"{t}.{k}" for k in DOC[t]}
-    extra |= {f"broker.{k}" for k in props["broker"]["properties"]} - {f"broker.{k}" for k in DOC["broker.memory"] | DOC["broker.redis"]}
+        schema = chart.schema
+    props = schema["properties"]["config"]["properties"]
+
+    def resolve(node):
+        ref = node.get("$ref", "")
+        must(not ref or ref.startswith("#/definitions/"), f"values.schema.json: unexpected $ref {ref}")
+        return schema["definitions"][ref.rsplit("/", 1)[1]] if ref else node
+
+    def keys(node, where):
+        node = resolve(node)
+        must(node.get("additionalProperties") is False, f"values.schema.json: config.{where} lacks additionalProperties: false")
+        return {f"{where}.{k}" for k in node["properties"]}
+
+    tables = {"server", "session", "broker", "auth", "channels", "namespaces"}
+    extra = set(props) - tables - DOC[""]
+    for t in ("server", "session", "auth", "channels"):
+        extra |= keys(props[t], t) - {f"{t}.{k}" for k in DOC[t]}
+    extra |= keys(props["broker"], "broker") - {f"broker.{k}" for k in DOC["broker.memory"] | DOC["broker.redis"]}
+    ns = props["namespaces"]
+    must(ns.get("additionalProperties") is False and len(ns.get("patternProperties", {})) == 1,
+         "values.schema.json: config.namespaces needs one patternProperties entry and additionalProperties: false")
+    (pattern, rule), = ns["patternProperties"].items()
+    for name, ok in (("chat", True), ("eu.orders", True), ("a" * 64, True), ("", False), ("a b", False), ("a" * 65, False)):
+        must(bool(re.search(pattern, name)) == ok, f"values.schema.json: namespace pattern {pattern} {'rejects' if ok else 'accepts'} {name!r}")
+    extra |= keys(rule, "namespaces.NAME") - {f"namespaces.NAME.{k}" for k in DOC["namespaces.NAME"]}
     must(not extra, f"values.schema.json allows config keys that docs/configuration.md does not list: {sorted(extra)}")
+    owned = keys(props["auth"], "auth") & {f"auth.{k}" for k in AUTH_FROM_ENV}
+    must(not owned, f"values.schema.json allows [auth] keys the chart sets from secrets.*/jwt.*: {sorted(owned)}")
     return None
 
 
@@ -333,7 +373,9 @@ CASES = {
         "config": {"server": {"allow_open": False}, "session": {"ping_interval": "20s", "max_payload": 131072},
                    "broker": {"history_size": 0, "timeout": "1s"}},
     },
-    "hs256": {"secrets": {"jwtSecret": "jwt-secret-0123456789-0123456789ab"}, "config": {"server": {"allow_open": False}}},
+    "hs256": {"secrets": {"jwtSecret": "jwt-secret-0123456789-0123456789ab"},
+              "config": {"server": {"allow_open": False}, "auth": {"jwt_algorithm": "HS256", "max_connections_per_user": 0},
+                         "namespaces": {"eu.orders": {"history_size": 0}}}},
 }
 
 OUT.mkdir(parents=True, exist_ok=True)
@@ -352,6 +394,11 @@ for label, values in CASES.items():
 check("values.schema.json config keys are documented", schema_matches_docs)
 check("rejects replicaCount: \"three\"", must_fail, {"replicaCount": "three"}, helm.HelmValuesError, "/replicaCount")
 check("rejects unknown config key", must_fail, {"config": {"session": {"ping_intervall": "1s"}}}, helm.HelmValuesError, "ping_intervall")
+check("rejects subscribe: \"everyone\"", must_fail, {"config": {"channels": {"subscribe": "everyone"}}}, helm.HelmValuesError,
+      "subscribe")
+check("rejects an invalid namespace name", must_fail, {"config": {"namespaces": {"a b": {}}}}, helm.HelmValuesError, "a b")
+check("rejects jwt_algorithm without its key source", must_fail, {"config": {"auth": {"jwt_algorithm": "ES256"}}},
+      helm.HelmRenderError, "jwt_algorithm ES256 needs a public key")
 check("rejects duration without unit", must_fail, {"config": {"broker": {"history_ttl": "300"}}}, helm.HelmValuesError, "history_ttl")
 check("rejects a short HS256 secret", must_fail, {"secrets": {"jwtSecret": "too-short"}}, helm.HelmValuesError, "jwtSecret")
 check("rejects two JWT key sources", must_fail, {"secrets": {"jwtSecret": "x" * 32}, "jwt": {"configMap": "k", "jwksKey": "j"}},

@@ -72,6 +72,18 @@ app.kubernetes.io/component: gateway
 {{- if or .Values.jwt.publicKeyKey .Values.jwt.jwksKey }}true{{ end }}
 {{- end }}
 
+{{/* config.auth.jwt_algorithm needs the key source it names; herald refuses to start otherwise. */}}
+{{- define "herald.jwtAlgorithmCheck" -}}
+{{- $alg := (.Values.config.auth | default dict).jwt_algorithm }}
+{{- $files := include "herald.jwtFiles" . }}
+{{- if and (eq (toString $alg) "HS256") (not (or .Values.secrets.jwtSecret (and .Values.secrets.existingSecret (not $files)))) }}
+{{- fail "config.auth.jwt_algorithm HS256 needs an HS256 secret: set secrets.jwtSecret, or secrets.existingSecret with its jwtSecret key and no jwt.* key file" }}
+{{- end }}
+{{- if and (has (toString $alg) (list "RS256" "ES256")) (not $files) }}
+{{- fail (printf "config.auth.jwt_algorithm %s needs a public key: set jwt.publicKeyKey or jwt.jwksKey (with jwt.configMap or jwt.secret)" $alg) }}
+{{- end }}
+{{- end }}
+
 {{/* key = value lines of one TOML table; toJson gives valid TOML for strings, numbers, booleans and string arrays. */}}
 {{- define "herald.tomlKeys" -}}
 {{- range $k, $v := . }}
@@ -88,6 +100,7 @@ app.kubernetes.io/component: gateway
 {{- if and (hasKey $c.broker "timeout") (eq $redis "") }}
 {{- fail "config.broker.timeout applies to Redis only: configure redis.* or drop it" }}
 {{- end -}}
+{{- include "herald.jwtAlgorithmCheck" . -}}
 # Rendered by the herald Helm chart. Keys: docs/configuration.md.
 {{- with $c.log }}
 log = {{ toJson . }}
@@ -102,4 +115,16 @@ drain_timeout = "{{ .Values.drainTimeout }}s"
 [broker]
 type = {{ ternary "redis" "memory" (ne $redis "") | quote }}{{ if $redis }}  # url: HERALD_REDIS_URL{{ end }}
 {{- include "herald.tomlKeys" $c.broker }}
+{{- with $c.auth }}
+[auth]  # key source, issuer, audience: environment (secrets.*, jwt.*)
+{{- include "herald.tomlKeys" . }}
+{{- end }}
+{{- with $c.channels }}
+[channels]
+{{- include "herald.tomlKeys" . }}
+{{- end }}
+{{- range $name, $rule := $c.namespaces }}
+[namespaces.{{ if regexMatch "^[A-Za-z0-9_-]+$" $name }}{{ $name }}{{ else }}{{ toJson $name }}{{ end }}]
+{{- include "herald.tomlKeys" $rule }}
+{{- end }}
 {{- end }}
