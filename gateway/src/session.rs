@@ -106,6 +106,8 @@ pub async fn run(ws: WebSocket<Io>, ctx: Arc<SessionCtx>) {
                 ctx: Arc::clone(&ctx),
                 read_stop: read_stop.clone(),
                 buf: Vec::new(),
+                unreported: 0,
+                batches: 0,
             }
             .run(),
         );
@@ -860,7 +862,15 @@ struct Writer {
     read_stop: CancellationToken,
     /// Reused between batches; shrunk after big bursts so idle sessions stay small.
     buf: Vec<u8>,
+    /// Bytes written but not yet added to `herald_bytes_sent_total`: the
+    /// shared counter is touched once per 64 KiB, a ping or the end, not per write.
+    unreported: u64,
+    /// Batches written; the queue depth is sampled on every 64th.
+    batches: u32,
 }
+
+/// Bytes a writer accumulates before adding them to the shared counter.
+const REPORT_BYTES: u64 = 64 * 1024;
 
 fn push_frame(buf: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     let mut frame = Frame::new(true, opcode, None, Payload::Borrowed(payload));
@@ -951,6 +961,7 @@ impl Writer {
                     }
                 }
                 _ = ping.tick(), if connected => {
+                    self.report_bytes();
                     self.refresh_token();
                     push_frame(&mut self.buf, OpCode::Text, br#"{"op":"ping"}"#);
                     if pong_deadline.is_none() {
@@ -967,7 +978,10 @@ impl Writer {
                 }
                 msg = self.rx.recv() => {
                     let Some(first) = msg else { break };
-                    metrics().queue_depth.observe((self.rx.len() + 1) as f64);
+                    if self.batches % 64 == 0 {
+                        metrics().queue_depth.observe((self.rx.len() + 1) as f64);
+                    }
+                    self.batches = self.batches.wrapping_add(1);
                     push_frame(&mut self.buf, OpCode::Text, &first);
                     while self.buf.len() < BATCH_BYTES {
                         match self.rx.try_recv() {
@@ -1023,7 +1037,7 @@ impl Writer {
                     Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
                         pos += n;
-                        metrics().bytes_sent.inc_by(n as u64);
+                        self.unreported += n as u64;
                     }
                     Err(e) => {
                         self.link.finish(Ending::Gone);
@@ -1037,6 +1051,9 @@ impl Writer {
             }
         }
         self.buf.clear();
+        if self.unreported >= REPORT_BYTES {
+            self.report_bytes();
+        }
         if self.rx.is_empty() || self.buf.capacity() > 4 * BATCH_BYTES {
             // Idle connections hold no write buffer (measured: ~0.6 KiB each).
             self.buf = Vec::new();
@@ -1044,9 +1061,16 @@ impl Writer {
         Ok(())
     }
 
+    fn report_bytes(&mut self) {
+        metrics()
+            .bytes_sent
+            .inc_by(std::mem::take(&mut self.unreported));
+    }
+
     /// Final frames: the rest of the current batch, then `disconnect` and a
     /// close frame (or the echo of the client's close), bounded by `close_timeout`.
     async fn finish(mut self) {
+        self.report_bytes();
         let ending = self.link.ending().unwrap_or(Ending::Gone);
         match ending {
             Ending::Gone => {

@@ -44,6 +44,14 @@ async fn subscribe_emit_deliver_with_consecutive_offsets() {
     // A late subscriber starts from the latest offset.
     let mut late = gw.connected().await;
     assert_eq!(late.subscribe("chat").await["offset"], 20);
+
+    // Sessions report what they wrote when they end: at least the 40 messages.
+    drop((a, b, late));
+    eventually("bytes sent are counted", || async {
+        gw.metric("herald_bytes_sent_total").await >= 40.0 * 80.0
+    })
+    .await;
+    assert!(gw.metric("herald_fanout_subscribers_count").await >= 20.0);
 }
 
 #[tokio::test]
