@@ -12,7 +12,11 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   echo "==> installing cargo-fuzz"
-  cargo install --locked --quiet cargo-fuzz
+  if ! cargo install --locked --quiet cargo-fuzz; then
+    # A tooling problem, not a finding: the corpus replay in cargo test still ran.
+    echo "==> fuzz: cannot install cargo-fuzz; skipped" >&2
+    exit 0
+  fi
 fi
 # New interesting inputs go to a scratch directory unless FUZZ_KEEP=1 (then
 # into the repo's corpus; minimise it afterwards with `cargo fuzz cmin`).
