@@ -431,6 +431,13 @@ impl Sink for Hub {
         }
     }
 
+    fn position(&self, channel: &str) -> Option<Position> {
+        match &self.shard(channel).get(channel)?.state {
+            State::Active(pos) => Some(pos.clone()),
+            State::Pending { .. } => None,
+        }
+    }
+
     fn resync(&self, channel: &str, now: &Position) {
         let mut map = self.shard(channel);
         let Some(ch) = map.get_mut(channel) else {

@@ -412,7 +412,12 @@ impl Metrics {
         );
         each(
             &self.state_resets,
-            &["gap", "epoch_changed", "missed_while_disconnected"],
+            &[
+                "gap",
+                "epoch_changed",
+                "missed_while_disconnected",
+                "offset_regressed",
+            ],
         );
         each(
             &self.client_errors,

@@ -200,3 +200,37 @@ async fn a_flushed_redis_means_a_new_epoch_and_no_recovery() {
     assert_eq!((s, b["offset"].as_u64()), (200, Some(1)), "{b}");
     assert_eq!(fresh.message().await["offset"], 1);
 }
+
+/// Redis loses acknowledged writes (a failover to a lagging replica, a
+/// restore): the channel keeps its epoch but its offset goes back. The node
+/// notices when its pub/sub connection comes back, starts a new epoch, and
+/// its clients are told to recover, which they cannot do silently wrong.
+#[tokio::test]
+async fn lost_redis_writes_start_a_new_epoch() {
+    let redis = Redis::start();
+    let gw = Gateway::start(&["--redis-url", &redis.url()]);
+    eventually("ready", || async { gw.ready().await == 200 }).await;
+    let mut c = gw.connected().await;
+    let epoch = c.subscribe("x").await["epoch"].clone();
+    publish_n(&gw, "x", 5).await;
+    expect_run(&mut c, 0, 5).await;
+    // What a lagging replica would hold: offsets 4 and 5 never happened.
+    assert_eq!(redis.cmd(&["HSET", "herald:{x}:m", "o", "3"]), ":0");
+    assert_eq!(
+        redis.cmd(&["XDEL", "herald:{x}:h", "4-0", "5-0"]),
+        ":2",
+        "history follows the replica"
+    );
+    // The failover breaks the node's connections.
+    redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let (code, _) = c.closed().await;
+    assert_eq!(code, 4004, "subscribers must recover");
+    // A client that saw offset 5 cannot mistake the new offsets 4, 5 for its own.
+    publish_n(&gw, "x", 2).await;
+    let mut back = gw.connected().await;
+    let r = subscribe_since(&mut back, "x", &epoch, 5).await;
+    assert_eq!(r["recovered"], false, "{r}");
+    assert_ne!(r["epoch"], epoch, "{r}");
+    assert!(gw.metric("herald_channel_state_resets_total").await >= 1.0);
+    assert!(gw.log_contains("offset went backwards").await);
+}

@@ -234,6 +234,9 @@ mod tests {
             ));
         }
         fn resync(&self, _: &str, _: &Position) {}
+        fn position(&self, _: &str) -> Option<Position> {
+            None
+        }
     }
 
     fn raw(s: &str) -> Box<RawValue> {

@@ -49,6 +49,9 @@ pub trait Sink: Send + Sync + 'static {
     /// After the broker reconnected, the channel's position now; publications
     /// between the last one seen and this one may have been missed.
     fn resync(&self, channel: &str, position: &Position);
+    /// The position of the last publication this node delivered on `channel`
+    /// (`None` when it has no live subscription there).
+    fn position(&self, channel: &str) -> Option<Position>;
 }
 
 /// A pub/sub backend with per-channel ordered positions.

@@ -47,6 +47,23 @@ local o = redis.call('HGET', KEYS[1], 'o') or '0'
 return {e, tonumber(o)}
 "#;
 
+/// KEYS: meta, history stream. ARGV: epoch the node knows, highest offset it
+/// delivered, fresh epoch, ttl seconds. When the channel still has that epoch
+/// but a lower offset (Redis lost writes: a failover to a lagging replica, a
+/// restore), starts the fresh epoch so no client can mistake the new
+/// timeline's offsets for the ones it saw. Returns `{epoch, offset}`.
+const EPOCH_BUMP_SCRIPT: &str = r#"
+local e = redis.call('HGET', KEYS[1], 'e')
+local o = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+if e == ARGV[1] and o < tonumber(ARGV[2]) then
+  e = ARGV[3]
+  redis.call('HSET', KEYS[1], 'e', e)
+  redis.call('DEL', KEYS[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+end
+return {e or false, o}
+"#;
+
 fn channel_of(pubsub_name: &str) -> Option<&str> {
     pubsub_name.strip_prefix("herald:{")?.strip_suffix('}')
 }
@@ -112,6 +129,7 @@ pub struct RedisBroker {
     up: AtomicBool,
     publish: redis::Script,
     position: redis::Script,
+    epoch_bump: redis::Script,
     history: redis::Script,
 }
 
@@ -146,6 +164,7 @@ impl RedisBroker {
             up: AtomicBool::new(false),
             publish: redis::Script::new(PUBLISH_SCRIPT),
             position: redis::Script::new(POSITION_SCRIPT),
+            epoch_bump: redis::Script::new(EPOCH_BUMP_SCRIPT),
             history: redis::Script::new(HISTORY_SCRIPT),
         });
         metrics().broker_up.set(0);
@@ -332,6 +351,39 @@ impl RedisBroker {
 
     /// Replays every wanted subscription and reports each channel's position,
     /// so the sink can tell clients that may have missed publications.
+    /// The channel's offset went backwards under a known epoch: replace the epoch.
+    async fn bump_epoch(&self, channel: &str, known: &Position) -> Result<Position, BrokerError> {
+        tracing::warn!(
+            known = known.offset,
+            "channel offset went backwards in Redis (lost writes, e.g. a failover); starting a new epoch"
+        );
+        metrics()
+            .state_resets
+            .with_label_values(&["offset_regressed"])
+            .inc();
+        let mut conn = self.conn.clone();
+        let mut inv = self.epoch_bump.key(meta_key(channel));
+        inv.key(history_key(channel))
+            .arg(&*known.epoch)
+            .arg(known.offset)
+            .arg(new_epoch())
+            .arg(self.ttl_secs());
+        let started = std::time::Instant::now();
+        let res = tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn)).await;
+        count("epoch_bump", started, &res);
+        let (epoch, offset): (Option<String>, u64) = res
+            .map_err(|_| unavailable("timed out starting a new epoch"))?
+            .map_err(unavailable)?;
+        match epoch {
+            Some(epoch) => Ok(Position {
+                epoch: epoch.into(),
+                offset,
+            }),
+            // The state vanished meanwhile: the position script starts one.
+            None => self.read_position(channel).await,
+        }
+    }
+
     async fn resubscribe_all(&self, sub: &mut PubSubSink) -> Result<(), BrokerError> {
         let channels = self.wanted_snapshot();
         if channels.is_empty() {
@@ -354,7 +406,13 @@ impl RedisBroker {
             .collect::<Vec<_>>()
             .await;
         for (channel, pos) in positions {
-            self.sink.resync(&channel, &pos?);
+            let mut pos = pos?;
+            if let Some(known) = self.sink.position(&channel) {
+                if known.epoch == pos.epoch && known.offset > pos.offset {
+                    pos = self.bump_epoch(&channel, &known).await?;
+                }
+            }
+            self.sink.resync(&channel, &pos);
         }
         tracing::info!(channels = channels.len(), "resubscribed after reconnect");
         Ok(())
