@@ -397,9 +397,10 @@ impl Reader {
                 drop(_entered);
                 match cmd.resume.as_deref() {
                     Some(t) => {
-                        self.resume(id, t, cmd.positions.as_ref())
-                            .instrument(span)
-                            .await
+                        // Boxed, like the other commands below: their state
+                        // lives only while they run instead of enlarging
+                        // every idle session's task (measured: ~0.6 KiB).
+                        Box::pin(self.resume(id, t, cmd.positions.as_ref()).instrument(span)).await
                     }
                     None => {
                         self.reply_connected(id, None, None);
@@ -418,22 +419,26 @@ impl Reader {
                     session = %self.session,
                     recover = cmd.since.is_some()
                 );
-                self.subscribe(
-                    id,
-                    cmd.channel.as_deref(),
-                    cmd.since.clone(),
-                    cmd.token.as_deref(),
+                Box::pin(
+                    self.subscribe(
+                        id,
+                        cmd.channel.as_deref(),
+                        cmd.since.clone(),
+                        cmd.token.as_deref(),
+                    )
+                    .instrument(span),
                 )
-                .instrument(span)
                 .await
             }
             "refresh" => self.refresh(id, cmd.token.as_deref()),
-            "unsubscribe" => self.unsubscribe(id, cmd.channel.as_deref()).await,
+            "unsubscribe" => Box::pin(self.unsubscribe(id, cmd.channel.as_deref())).await,
             "emit" => {
                 let span = tracing::info_span!("emit", session = %self.session);
-                self.emit(id, cmd.channel.as_deref(), cmd.event.as_deref(), cmd.data)
-                    .instrument(span)
-                    .await
+                Box::pin(
+                    self.emit(id, cmd.channel.as_deref(), cmd.event.as_deref(), cmd.data)
+                        .instrument(span),
+                )
+                .await
             }
             other => {
                 let msg = format!(
