@@ -1,4 +1,4 @@
 //! The frame reader, then the command parser on every text frame it yields.
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| herald::wsread::fuzz_frames(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| herald::fuzz_frames(data));

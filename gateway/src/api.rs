@@ -22,18 +22,18 @@ use std::sync::Arc;
 use tracing::Instrument;
 
 /// Most channels one broadcast may name.
-pub const MAX_BROADCAST_CHANNELS: usize = 1000;
+pub(crate) const MAX_BROADCAST_CHANNELS: usize = 1000;
 
 #[derive(Clone)]
-pub struct ApiState {
-    pub node: Arc<Node>,
-    pub max_payload: usize,
+pub(crate) struct ApiState {
+    pub(crate) node: Arc<Node>,
+    pub(crate) max_payload: usize,
     /// SHA-256 of every accepted API key; empty = no API auth (development).
-    pub keys: Arc<[[u8; 32]]>,
+    pub(crate) keys: Arc<[[u8; 32]]>,
 }
 
 impl ApiState {
-    pub fn hash_keys(keys: &[String]) -> Arc<[[u8; 32]]> {
+    pub(crate) fn hash_keys(keys: &[String]) -> Arc<[[u8; 32]]> {
         keys.iter()
             .map(|k| Sha256::digest(k.as_bytes()).into())
             .collect()
@@ -72,7 +72,7 @@ impl ApiState {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -146,9 +146,9 @@ struct BroadcastReq<'a> {
 }
 
 #[derive(Serialize)]
-pub struct Published {
-    pub epoch: String,
-    pub offset: u64,
+pub(crate) struct Published {
+    pub(crate) epoch: String,
+    pub(crate) offset: u64,
 }
 
 async fn read_body(body: Body, max_payload: usize) -> Result<bytes::Bytes, ApiError> {
@@ -200,7 +200,11 @@ fn request_span(name: &'static str, headers: &HeaderMap) -> tracing::Span {
 }
 
 /// `POST /api/v1/publish` `{"channel","event","data"}` → `{"epoch","offset"}`.
-pub async fn publish(State(st): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn publish(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = std::time::Instant::now();
     let span = request_span("api_publish", &headers);
     let res = match st.authorize(&headers) {
@@ -236,7 +240,11 @@ async fn publish_inner(st: &ApiState, body: Body) -> Result<Published, ApiError>
 
 /// `POST /api/v1/broadcast` `{"channels":[...],"event","data"}` →
 /// `{"results":[{"channel","epoch","offset"} | {"channel","error"}]}`.
-pub async fn broadcast(State(st): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
+pub(crate) async fn broadcast(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = std::time::Instant::now();
     let span = request_span("api_broadcast", &headers);
     let res = match st.authorize(&headers) {

@@ -51,7 +51,7 @@ pub enum AuthError {
 
 impl AuthError {
     /// Low-cardinality metric label.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Self::Missing => "missing",
             Self::Malformed(_) => "malformed",
@@ -83,13 +83,13 @@ pub enum AuthSetupError {
 
 /// A verified connection: the user and what their token grants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// `sub`; empty for anonymous connections in open mode.
-    pub user: String,
+    pub(crate) user: String,
     /// Channel names or `*` patterns from the `channels` claim.
-    pub channels: Vec<String>,
+    pub(crate) channels: Vec<String>,
     /// `exp`, seconds since the UNIX epoch; `None` in open mode.
-    pub expires: Option<u64>,
+    pub(crate) expires: Option<u64>,
 }
 
 /// The claims Herald reads; others are ignored.
@@ -121,7 +121,7 @@ fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error>
 }
 
 /// Verifies tokens against the configured key.
-pub struct Auth {
+pub(crate) struct Auth {
     keys: Keys,
     validation: Validation,
 }
@@ -133,7 +133,7 @@ enum Keys {
 
 impl Auth {
     /// `None` in open mode (no key source configured).
-    pub fn from_config(cfg: &AuthConfig) -> Result<Option<Self>, AuthSetupError> {
+    pub(crate) fn from_config(cfg: &AuthConfig) -> Result<Option<Self>, AuthSetupError> {
         let keys = if let Some(secret) = &cfg.jwt_secret {
             Keys::Static(
                 Algorithm::HS256,
@@ -168,12 +168,12 @@ impl Auth {
     }
 
     /// Clock skew allowed on `exp`; a connection is closed this long after its token's `exp`.
-    pub fn leeway(&self) -> Duration {
+    pub(crate) fn leeway(&self) -> Duration {
         Duration::from_secs(self.validation.leeway)
     }
 
     /// Checks a connect token and returns who it is for.
-    pub fn connect(&self, token: &str) -> Result<Identity, AuthError> {
+    pub(crate) fn connect(&self, token: &str) -> Result<Identity, AuthError> {
         let c = self.verify(token)?;
         if c.channel.is_some() {
             return Err(AuthError::SubscribeTokenAtConnect);
@@ -190,7 +190,12 @@ impl Auth {
     }
 
     /// Checks a subscribe token: it must name `channel` and `user`.
-    pub fn subscribe(&self, token: &str, user: &str, channel: &str) -> Result<(), AuthError> {
+    pub(crate) fn subscribe(
+        &self,
+        token: &str,
+        user: &str,
+        channel: &str,
+    ) -> Result<(), AuthError> {
         let c = self.verify(token)?;
         match c.channel.as_deref() {
             None => Err(AuthError::MissingClaim("channel")),
@@ -405,19 +410,19 @@ pub fn mint_hs256(secret: &str, claims: &Claims) -> Result<String, AuthError> {
 }
 
 /// Counts each user's connections on this node against a limit.
-pub struct UserConnections {
+pub(crate) struct UserConnections {
     limit: usize,
     counts: Mutex<HashMap<Box<str>, usize>>,
 }
 
 /// Held for a connection's life; gives its slot back when dropped.
-pub struct UserSlot {
+pub(crate) struct UserSlot {
     registry: Arc<UserConnections>,
     user: Box<str>,
 }
 
 impl UserConnections {
-    pub fn new(limit: usize) -> Arc<Self> {
+    pub(crate) fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             limit,
             counts: Mutex::new(HashMap::new()),
@@ -425,7 +430,7 @@ impl UserConnections {
     }
 
     /// A slot for `user`, or `None` when they are at the limit.
-    pub fn admit(self: &Arc<Self>, user: &str) -> Option<UserSlot> {
+    pub(crate) fn admit(self: &Arc<Self>, user: &str) -> Option<UserSlot> {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let n = counts.entry(user.into()).or_insert(0);
         if self.limit > 0 && *n >= self.limit {
@@ -464,7 +469,7 @@ mod tests {
     const SECRET: &str = "an-hs256-secret-of-at-least-32-bytes!!";
 
     fn now() -> u64 {
-        crate::token::now_secs()
+        crate::clock::now_secs()
     }
 
     fn hs_auth() -> Auth {

@@ -12,22 +12,22 @@ use std::collections::HashMap;
 
 /// The effective rule for a set of channels.
 #[derive(Debug, Clone)]
-pub struct Rule {
-    pub subscribe: SubscribeRule,
-    pub client_emit: bool,
-    pub history: HistoryConfig,
+pub(crate) struct Rule {
+    pub(crate) subscribe: SubscribeRule,
+    pub(crate) client_emit: bool,
+    pub(crate) history: HistoryConfig,
 }
 
 /// Every channel rule of the node, resolved once at start-up.
 #[derive(Debug, Clone)]
-pub struct Rules {
+pub(crate) struct Rules {
     default: Rule,
     namespaces: HashMap<String, Rule>,
 }
 
 /// Why a client may not do something on a channel; shown to that client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Denied {
+pub(crate) enum Denied {
     /// A user channel, and the client is not one of its users.
     NotYourChannel,
     /// The namespace needs a `channels` claim or subscribe token that covers it.
@@ -37,7 +37,7 @@ pub enum Denied {
 }
 
 impl Denied {
-    pub fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             Self::NotYourChannel => "this user channel belongs to other users",
             Self::NotGranted => {
@@ -47,7 +47,7 @@ impl Denied {
         }
     }
 
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::NotYourChannel => "user_channel",
             Self::NotGranted => "not_granted",
@@ -57,18 +57,18 @@ impl Denied {
 }
 
 /// The namespace of `channel`, if it has one.
-pub fn namespace(channel: &str) -> Option<&str> {
+pub(crate) fn namespace(channel: &str) -> Option<&str> {
     channel.split_once(':').map(|(ns, _)| ns)
 }
 
 /// The users of a user channel (`name#1,2`), or `None` for other channels.
-pub fn users(channel: &str) -> Option<impl Iterator<Item = &str>> {
+pub(crate) fn users(channel: &str) -> Option<impl Iterator<Item = &str>> {
     let (_, ids) = channel.rsplit_once('#')?;
     Some(ids.split(',').filter(|u| !u.is_empty()))
 }
 
 /// `*` matches any run of characters (including `:`), everything else itself.
-pub fn matches(pattern: &str, channel: &str) -> bool {
+pub(crate) fn matches(pattern: &str, channel: &str) -> bool {
     let mut parts = pattern.split('*');
     let first = parts.next().unwrap_or("");
     let Some(mut rest) = channel.strip_prefix(first) else {
@@ -88,7 +88,7 @@ pub fn matches(pattern: &str, channel: &str) -> bool {
 }
 
 impl Rules {
-    pub fn from_config(cfg: &Config) -> Self {
+    pub(crate) fn from_config(cfg: &Config) -> Self {
         let open = !cfg.auth.enabled();
         let base = cfg.broker.history();
         let resolve = |r: &ChannelRuleConfig| Rule {
@@ -109,7 +109,7 @@ impl Rules {
         }
     }
 
-    pub fn rule(&self, channel: &str) -> &Rule {
+    pub(crate) fn rule(&self, channel: &str) -> &Rule {
         namespace(channel)
             .and_then(|ns| self.namespaces.get(ns))
             .unwrap_or(&self.default)
@@ -117,7 +117,7 @@ impl Rules {
 
     /// Whether `who` may subscribe to `channel` on the strength of its
     /// connection alone (a subscribe token can grant what this refuses).
-    pub fn may_subscribe(&self, who: &Identity, channel: &str) -> Result<(), Denied> {
+    pub(crate) fn may_subscribe(&self, who: &Identity, channel: &str) -> Result<(), Denied> {
         if let Some(mut ids) = users(channel) {
             return if !who.user.is_empty() && ids.any(|u| u == who.user) {
                 Ok(())
@@ -135,7 +135,12 @@ impl Rules {
     /// Whether `who` may emit on `channel`: the namespace must allow client
     /// emit, and the client must be able to read the channel (`subscribed`
     /// covers channels granted by a subscribe token).
-    pub fn may_emit(&self, who: &Identity, channel: &str, subscribed: bool) -> Result<(), Denied> {
+    pub(crate) fn may_emit(
+        &self,
+        who: &Identity,
+        channel: &str,
+        subscribed: bool,
+    ) -> Result<(), Denied> {
         if !self.rule(channel).client_emit {
             return Err(Denied::EmitDisabled);
         }
@@ -145,7 +150,7 @@ impl Rules {
         self.may_subscribe(who, channel)
     }
 
-    pub fn history(&self, channel: &str) -> HistoryConfig {
+    pub(crate) fn history(&self, channel: &str) -> HistoryConfig {
         self.rule(channel).history
     }
 }

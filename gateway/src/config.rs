@@ -245,6 +245,10 @@ pub struct SessionConfig {
     pub max_payload: usize,
     /// Frames buffered per connection before it counts as a slow consumer (4001).
     pub outbound_queue: usize,
+    /// Bytes buffered per connection before it counts as a slow consumer
+    /// (4001): with payloads of up to `max_payload`, a frame bound alone
+    /// would let one client that stops reading hold tens of MiB.
+    pub outbound_queue_bytes: usize,
     pub max_subscriptions: usize,
     /// Sustained client commands per second per connection (token bucket);
     /// beyond it commands are refused with `rate_limited`.
@@ -273,6 +277,7 @@ impl Default for SessionConfig {
             pong_timeout: Duration::from_secs(10),
             max_payload: 64 * 1024,
             outbound_queue: 1024,
+            outbound_queue_bytes: 2 * 1024 * 1024,
             max_subscriptions: 256,
             command_rate: 100,
             command_burst: 200,
@@ -418,6 +423,7 @@ pub struct Overrides {
     pub pong_timeout: Option<Duration>,
     pub max_payload: Option<usize>,
     pub outbound_queue: Option<usize>,
+    pub outbound_queue_bytes: Option<usize>,
     pub max_subscriptions: Option<usize>,
     pub worker_threads: Option<usize>,
     pub history_size: Option<usize>,
@@ -495,6 +501,7 @@ impl Config {
         set(&mut s.pong_timeout, o.pong_timeout);
         set(&mut s.max_payload, o.max_payload);
         set(&mut s.outbound_queue, o.outbound_queue);
+        set(&mut s.outbound_queue_bytes, o.outbound_queue_bytes);
         set(&mut s.max_subscriptions, o.max_subscriptions);
         set(&mut s.recovery_max, o.recovery_max);
         set(&mut s.command_rate, o.command_rate);
@@ -607,6 +614,14 @@ impl Config {
             return bad(format!(
                 "session.outbound_queue must be at least 8, got {}",
                 s.outbound_queue
+            ));
+        }
+        if s.outbound_queue_bytes < 2 * s.max_frame() {
+            return bad(format!(
+                "session.outbound_queue_bytes must hold two of the largest frames \
+                 (2 × (max_payload + 4096) = {}), got {}",
+                2 * s.max_frame(),
+                s.outbound_queue_bytes
             ));
         }
         if let Some(n) = self.server.worker_threads {

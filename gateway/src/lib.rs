@@ -3,31 +3,45 @@
 //! Data flows one way:
 //!
 //! ```text
-//! session ──> node ──> broker (memory | redis) ──> hub ──> sessions
-//!    api  ──┘        (assigns epoch/offset)      (fan-out of one shared frame)
+//! transport ──> session ──> node ──> broker (memory | redis) ──> hub ──> sessions
+//!   (ws)        (core)  api ──┘     (assigns epoch/offset)     (fan-out of one
+//!                                                               shared publication)
 //! ```
 //!
-//! - [`session`]: one reader/writer task pair per WebSocket, bounded outbound queue
-//!   ([`wsread`] parses its incoming frames).
-//! - [`hub`]: this node's channel → sessions index and fan-out; synchronous.
-//! - [`node`]: first/last local subscriber ↔ broker subscribe/unsubscribe.
-//! - [`broker`]: publish + position assignment + history, atomic per channel;
-//!   [`recovery`] beside it decides what a returning client may replay.
-//! - [`api`]: HTTP publish API; [`server`]: listeners and lifecycle.
-//! - [`config`], [`metrics`], [`token`], [`auth`], [`channels`]: leaves every
-//!   layer may use (reconnect tokens, JWTs, channel rules).
+//! - `transport`: decodes commands from a connection and writes what the
+//!   session queues, in its wire format (`ws`: Herald v1 over WebSocket).
+//! - `session`: the transport-independent protocol core, one per connection.
+//! - `hub`: this node's channel → sessions index and fan-out; synchronous.
+//!   Each `publication` is shared by every subscriber and encoded once per
+//!   wire format.
+//! - `node`: first/last local subscriber ↔ broker subscribe/unsubscribe.
+//! - `broker`: publish + position assignment + history, atomic per channel;
+//!   `recovery` beside it decides what a returning client may replay.
+//! - `api`: HTTP publish API; [`server`]: listeners and lifecycle.
+//! - [`config`], `metrics`, `token`, [`auth`], `channels`, [`clock`],
+//!   `signal`: leaves every layer may use.
+//!
+//! The public surface is what the `herald` binary and the tests need.
 
-pub mod api;
+mod api;
 pub mod auth;
-pub mod broker;
-pub mod channels;
+mod broker;
+mod channels;
+pub mod clock;
 pub mod config;
-pub mod hub;
-pub mod metrics;
-pub mod node;
-pub mod recovery;
+mod hub;
+mod metrics;
+mod node;
+mod publication;
+mod recovery;
 pub mod server;
-pub mod session;
+mod session;
+mod signal;
 pub mod telemetry;
-pub mod token;
-pub mod wsread;
+mod token;
+mod transport;
+
+/// Fuzzing entry point (the `frames` target in `fuzz/`, and the corpus
+/// replay test): reads arbitrary bytes as a client's WebSocket stream.
+#[doc(hidden)]
+pub use transport::ws::read::fuzz_frames;

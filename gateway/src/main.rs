@@ -80,6 +80,9 @@ struct ServeArgs {
     /// Outbound frames queued per connection before it is a slow consumer [default: 1024].
     #[arg(long, env = "HERALD_OUTBOUND_QUEUE", value_name = "FRAMES")]
     outbound_queue: Option<usize>,
+    /// Outbound bytes queued per connection before it is a slow consumer [default: 2097152].
+    #[arg(long, env = "HERALD_OUTBOUND_QUEUE_BYTES", value_name = "BYTES")]
+    outbound_queue_bytes: Option<usize>,
     /// Subscriptions allowed per connection [default: 256].
     #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS", value_name = "N")]
     max_subscriptions: Option<usize>,
@@ -264,6 +267,7 @@ fn load_config(a: ServeArgs) -> anyhow::Result<Config> {
         pong_timeout: a.pong_timeout,
         max_payload: a.max_payload,
         outbound_queue: a.outbound_queue,
+        outbound_queue_bytes: a.outbound_queue_bytes,
         max_subscriptions: a.max_subscriptions,
         worker_threads: a.worker_threads,
         history_size: a.history_size,
@@ -377,7 +381,7 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
             "no HS256 secret: pass --jwt-secret, set HERALD_JWT_SECRET, or auth.jwt_secret in --config"
         );
     };
-    let exp = herald::token::now_secs() + a.ttl.as_secs();
+    let exp = herald::clock::now_secs() + a.ttl.as_secs();
     let claims = herald::auth::Claims {
         sub: Some(a.sub),
         exp,

@@ -9,98 +9,98 @@ use prometheus::{
 };
 use std::sync::LazyLock;
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     /// Open WebSocket connections (connected or still handshaking the protocol).
-    pub connections: IntGauge,
+    pub(crate) connections: IntGauge,
     /// Session → channel subscriptions on this node.
-    pub subscriptions: IntGauge,
+    pub(crate) subscriptions: IntGauge,
     /// Channels with at least one local subscriber (= broker subscriptions).
-    pub channels: IntGauge,
+    pub(crate) channels: IntGauge,
     /// Publications accepted by the broker, by `source` (api, client).
-    pub published: IntCounterVec,
+    pub(crate) published: IntCounterVec,
     /// Frames of publications queued to local subscribers.
-    pub delivered: IntCounter,
+    pub(crate) delivered: IntCounter,
     /// Publications not delivered, by `reason` (slow_consumer, duplicate, no_subscribers).
-    pub dropped: IntCounterVec,
+    pub(crate) dropped: IntCounterVec,
     /// Server-initiated closes, by close `code`.
-    pub disconnects: IntCounterVec,
+    pub(crate) disconnects: IntCounterVec,
     /// Clients closed because their outbound queue was full.
-    pub slow_consumers: IntCounter,
+    pub(crate) slow_consumers: IntCounter,
     /// Broker failures, by `op` (publish, subscribe, unsubscribe, pubsub, connect, decode, refresh).
-    pub broker_errors: IntCounterVec,
+    pub(crate) broker_errors: IntCounterVec,
     /// 1 while the broker is reachable.
-    pub broker_up: IntGauge,
+    pub(crate) broker_up: IntGauge,
     /// Channels whose subscribers were closed with 4004 after a gap or lost state, by `reason`.
-    pub state_resets: IntCounterVec,
+    pub(crate) state_resets: IntCounterVec,
     /// Error replies sent to clients, by `code`.
-    pub client_errors: IntCounterVec,
+    pub(crate) client_errors: IntCounterVec,
     /// HTTP API requests, by `route` and `status`.
-    pub api_requests: IntCounterVec,
+    pub(crate) api_requests: IntCounterVec,
     /// Subscriptions that asked to recover, by `outcome` (recovered or the refusal).
-    pub recoveries: IntCounterVec,
+    pub(crate) recoveries: IntCounterVec,
     /// Publications replayed to recovering clients.
-    pub replayed: IntCounter,
+    pub(crate) replayed: IntCounter,
     /// `connect` with `resume`, by `outcome` (resumed, or why the token was refused).
-    pub resumes: IntCounterVec,
+    pub(crate) resumes: IntCounterVec,
     /// WebSocket upgrades and connects refused, by `reason` (max_connections, origin, draining, per_user).
-    pub refused: IntCounterVec,
+    pub(crate) refused: IntCounterVec,
     /// Distinct authenticated users connected to this node.
-    pub users: IntGauge,
+    pub(crate) users: IntGauge,
     /// Token checks, by `kind` (connect, subscribe, refresh) and `outcome` (ok or why not).
-    pub auth: IntCounterVec,
+    pub(crate) auth: IntCounterVec,
     /// Subscribes and emits refused by channel rules, by `action` and `reason`.
-    pub denials: IntCounterVec,
+    pub(crate) denials: IntCounterVec,
     /// JWKS file reloads, by `outcome` (ok, failed).
-    pub jwks_reloads: IntCounterVec,
+    pub(crate) jwks_reloads: IntCounterVec,
     /// WebSocket sessions started.
-    pub accepted: IntCounter,
+    pub(crate) accepted: IntCounter,
     /// Sessions ended, by `code`: the server's close code, `client` (the
     /// client closed) or `gone` (the socket failed).
-    pub closed: IntCounterVec,
+    pub(crate) closed: IntCounterVec,
     /// Bytes written to client sockets (WebSocket frames).
-    pub bytes_sent: IntCounter,
+    pub(crate) bytes_sent: IntCounter,
     /// Local subscribers each publication was queued to.
-    pub fanout_size: Histogram,
+    pub(crate) fanout_size: Histogram,
     /// Time to queue one publication to all its local subscribers.
-    pub fanout_duration: Histogram,
+    pub(crate) fanout_duration: Histogram,
     /// Publish time (Redis clock) to receipt on this node (node clock).
-    pub broker_lag: Histogram,
+    pub(crate) broker_lag: Histogram,
     /// Frames waiting in a session's outbound queue when its writer wakes.
-    pub queue_depth: Histogram,
+    pub(crate) queue_depth: Histogram,
+    /// Bytes waiting in all outbound queues, summed when scraped.
+    pub(crate) queued_bytes: IntGauge,
     /// Publications received from the broker for local subscribers.
-    pub received: IntCounter,
+    pub(crate) received: IntCounter,
     /// Redis commands and scripts, by `command` and `result` (ok, error, timeout).
-    pub redis_commands: IntCounterVec,
+    pub(crate) redis_commands: IntCounterVec,
     /// Lua script round trips, by `script` (publish, history, position).
-    pub redis_script_duration: HistogramVec,
+    pub(crate) redis_script_duration: HistogramVec,
     /// Pub/sub connections re-established after a loss.
-    pub pubsub_reconnects: IntCounter,
+    pub(crate) pubsub_reconnects: IntCounter,
     /// Channels this node is subscribed to on Redis.
-    pub redis_subscriptions: IntGauge,
+    pub(crate) redis_subscriptions: IntGauge,
     /// API request latency, by `route` and `status`.
-    pub api_duration: HistogramVec,
-    /// Always 1; the labels say which build runs.
-    pub build_info: IntGaugeVec,
+    pub(crate) api_duration: HistogramVec,
     /// Children resolved once for per-publication paths (no label lookup there).
-    pub hot: Hot,
+    pub(crate) hot: Hot,
 }
 
 /// Label children used on every publication, resolved at start-up.
-pub struct Hot {
-    pub published_api: IntCounter,
-    pub published_client: IntCounter,
-    pub dropped_duplicate: IntCounter,
-    pub dropped_slow_consumer: IntCounter,
-    pub dropped_no_subscribers: IntCounter,
+pub(crate) struct Hot {
+    pub(crate) published_api: IntCounter,
+    pub(crate) published_client: IntCounter,
+    pub(crate) dropped_duplicate: IntCounter,
+    pub(crate) dropped_slow_consumer: IntCounter,
+    pub(crate) dropped_no_subscribers: IntCounter,
     /// `herald_redis_commands_total{command=publish|history|position, result=ok}`.
-    pub redis_ok: [IntCounter; 3],
+    pub(crate) redis_ok: [IntCounter; 3],
     /// `herald_redis_script_duration_seconds{script=publish|history|position}`.
-    pub redis_script: [Histogram; 3],
+    pub(crate) redis_script: [Histogram; 3],
 }
 
 /// Index into [`Hot::redis_ok`] / [`Hot::redis_script`].
-pub fn script_index(script: &str) -> Option<usize> {
+pub(crate) fn script_index(script: &str) -> Option<usize> {
     ["publish", "history", "position"]
         .iter()
         .position(|s| *s == script)
@@ -160,6 +160,17 @@ impl Metrics {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
             r.register(Box::new(pc)).expect("process collector");
         }
+        // Always 1; the label says which build runs.
+        let build_info = IntGaugeVec::new(
+            Opts::new("herald_build_info", "Always 1; labels name the build."),
+            &["version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(build_info.clone()))
+            .expect("unique metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         let published = counter_vec(
             &r,
             "herald_messages_published_total",
@@ -209,7 +220,7 @@ impl Metrics {
             slow_consumers: counter(
                 &r,
                 "herald_slow_consumer_disconnects_total",
-                "Clients closed with 4001 because their outbound queue was full.",
+                "Clients closed with 4001 because their outbound queue was over its frame or byte bound.",
             ),
             broker_errors: counter_vec(
                 &r,
@@ -329,6 +340,11 @@ impl Metrics {
                     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
                 ],
             ),
+            queued_bytes: gauge(
+                &r,
+                "herald_outbound_queued_bytes",
+                "Bytes waiting in all sessions' outbound queues (summed at scrape time).",
+            ),
             received: counter(
                 &r,
                 "herald_broker_messages_received_total",
@@ -353,16 +369,6 @@ impl Metrics {
                 &["route", "status"],
                 seconds(),
             ),
-            build_info: {
-                let g = IntGaugeVec::new(
-                    Opts::new("herald_build_info", "Always 1; labels name the build."),
-                    &["version"],
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique metric");
-                g.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-                g
-            },
             hot: Hot {
                 published_api: published.with_label_values(&["api"]),
                 published_client: published.with_label_values(&["client"]),
@@ -501,7 +507,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition of every metric.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
@@ -515,6 +521,6 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 });
 
 /// The process-wide metrics.
-pub fn metrics() -> &'static Metrics {
+pub(crate) fn metrics() -> &'static Metrics {
     &METRICS
 }

@@ -11,6 +11,7 @@ use crate::broker::{Broker, BrokerError, History, Position};
 use crate::channels::Rules;
 use crate::hub::{Hub, Leave, SessionLink};
 use crate::metrics::metrics;
+use crate::publication::Publication;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,7 @@ use tokio::sync::OwnedMutexGuard;
 
 /// Who published, for the `source` metric label.
 #[derive(Debug, Clone, Copy)]
-pub enum Source {
+pub(crate) enum Source {
     Api,
     Client,
 }
@@ -32,17 +33,53 @@ impl Source {
     }
 }
 
-pub struct Node {
-    pub id: String,
-    pub hub: Arc<Hub>,
+pub(crate) struct Node {
+    pub(crate) id: String,
+    hub: Arc<Hub>,
     broker: Arc<dyn Broker>,
     locks: ChannelLocks,
     /// Per-namespace history size and TTL.
-    pub rules: Arc<Rules>,
+    rules: Arc<Rules>,
+}
+
+/// A session's place on a channel, held: publications wait in the hub until
+/// [`Joined::release`] (after the caller has queued its reply and any
+/// recovered history), so nothing overtakes the reply and nothing is lost.
+#[must_use = "a joined subscriber receives nothing until released"]
+pub(crate) struct Joined {
+    hub: Arc<Hub>,
+    channel: Box<str>,
+    session: u64,
+    /// Where the subscription starts: it receives every offset after this.
+    pub(crate) start: Position,
+    released: bool,
+}
+
+impl Joined {
+    /// Queues `replay` (recovered history ending at `start`), then what was
+    /// held meanwhile, and makes the subscriber live.
+    pub(crate) fn release(mut self, replay: Vec<Arc<Publication>>) {
+        self.released = true;
+        self.hub.release(&self.channel, self.session, replay);
+    }
+}
+
+impl Drop for Joined {
+    fn drop(&mut self) {
+        // A subscriber abandoned mid-subscribe (its task ended) must not stay held.
+        if !self.released {
+            self.hub.release(&self.channel, self.session, Vec::new());
+        }
+    }
 }
 
 impl Node {
-    pub fn new(id: String, hub: Arc<Hub>, broker: Arc<dyn Broker>, rules: Arc<Rules>) -> Self {
+    pub(crate) fn new(
+        id: String,
+        hub: Arc<Hub>,
+        broker: Arc<dyn Broker>,
+        rules: Arc<Rules>,
+    ) -> Self {
         Self {
             id,
             hub,
@@ -52,18 +89,29 @@ impl Node {
         }
     }
 
-    pub fn is_ready(&self) -> bool {
+    pub(crate) fn is_ready(&self) -> bool {
         self.broker.is_ready()
     }
 
     /// Subscribes `link` to `channel`, held: nothing reaches it until the
-    /// caller, having queued its reply (and any replay), calls
-    /// [`Hub::release`]. Returns the position the subscription starts after.
-    pub async fn subscribe(
+    /// caller, having queued its reply (and any replay), releases the
+    /// returned [`Joined`].
+    pub(crate) async fn subscribe(
         &self,
         channel: &str,
         link: &Arc<SessionLink>,
-    ) -> Result<Position, BrokerError> {
+    ) -> Result<Joined, BrokerError> {
+        let start = self.join(channel, link).await?;
+        Ok(Joined {
+            hub: Arc::clone(&self.hub),
+            channel: channel.into(),
+            session: link.id,
+            start,
+            released: false,
+        })
+    }
+
+    async fn join(&self, channel: &str, link: &Arc<SessionLink>) -> Result<Position, BrokerError> {
         // Fast path: the channel is already live on this node.
         if let Some(pos) = self.hub.try_join(channel, link) {
             return Ok(pos);
@@ -90,7 +138,7 @@ impl Node {
     }
 
     /// Reads the channel's history after `after` (see [`Broker::history`]).
-    pub async fn history(
+    pub(crate) async fn history(
         &self,
         channel: &str,
         after: u64,
@@ -110,7 +158,7 @@ impl Node {
 
     /// Removes `session` from `channel`; the last local subscriber out
     /// unsubscribes the node from the broker.
-    pub async fn unsubscribe(&self, channel: &str, session: u64) {
+    pub(crate) async fn unsubscribe(&self, channel: &str, session: u64) {
         let _guard = self.locks.lock(channel).await;
         if self.hub.leave(channel, session) == Leave::LastOut {
             if let Err(e) = self.broker.unsubscribe(channel).await {
@@ -125,7 +173,7 @@ impl Node {
 
     /// Publishes through the broker; the returned position is the one every
     /// subscriber will see.
-    pub async fn publish(
+    pub(crate) async fn publish(
         &self,
         channel: &str,
         event: &str,
@@ -234,7 +282,7 @@ mod tests {
     use super::*;
     use crate::broker::memory::MemoryBroker;
     use crate::config::MemoryConfig;
-    use bytes::Bytes;
+    use crate::publication::Outbound;
     use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
@@ -255,14 +303,15 @@ mod tests {
         let mut rxs = Vec::new();
         let mut tasks = Vec::new();
         for id in 0..50u64 {
-            let (tx, rx) = mpsc::channel::<Bytes>(64);
+            let (tx, rx) = mpsc::channel::<Outbound>(64);
             rxs.push(rx);
             let node = node.clone();
             tasks.push(tokio::spawn(async move {
-                let link = Arc::new(SessionLink::new(id, tx));
-                let pos = node.subscribe("c", &link).await.expect("subscribe");
-                node.hub.release("c", id, &[]);
-                (link, pos.offset)
+                let link = Arc::new(SessionLink::new(id, tx, usize::MAX));
+                let joined = node.subscribe("c", &link).await.expect("subscribe");
+                let offset = joined.start.offset;
+                joined.release(Vec::new());
+                (link, offset)
             }));
         }
         let mut links = Vec::new();

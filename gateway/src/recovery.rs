@@ -7,11 +7,12 @@
 //! position, in order and without duplicates, or told `recovered: false`.
 
 use crate::broker::{History, Position};
-use bytes::Bytes;
+use crate::publication::Publication;
+use std::sync::Arc;
 
 /// Why a recovery was refused; also the metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The channel's state was lost since the client's position.
     EpochChanged,
     /// The client claims an offset the channel never reached.
@@ -27,7 +28,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::EpochChanged => "epoch_changed",
             Self::Ahead => "ahead",
@@ -41,7 +42,7 @@ impl Refusal {
 
 /// How many publications a client at `since` missed before `start`, or why
 /// it cannot be recovered without reading history.
-pub fn missed(
+pub(crate) fn missed(
     since_epoch: &str,
     since_offset: u64,
     start: &Position,
@@ -60,9 +61,13 @@ pub fn missed(
     Ok(need)
 }
 
-/// The frames to replay for a client at `since_offset` that joined live at
-/// `start`: exactly offsets `since_offset+1 ..= start.offset`, or a refusal.
-pub fn plan(since_offset: u64, start: &Position, history: History) -> Result<Vec<Bytes>, Refusal> {
+/// The publications to replay for a client at `since_offset` that joined
+/// live at `start`: exactly offsets `since_offset+1 ..= start.offset`, or a refusal.
+pub(crate) fn plan(
+    since_offset: u64,
+    start: &Position,
+    history: History,
+) -> Result<Vec<Arc<Publication>>, Refusal> {
     if history.epoch.as_deref() != Some(&*start.epoch) {
         return Err(Refusal::EpochChanged);
     }
@@ -79,7 +84,7 @@ pub fn plan(since_offset: u64, start: &Position, history: History) -> Result<Vec
         if offset != next {
             return Err(Refusal::Gap);
         }
-        out.push(frame);
+        out.push(Publication::new(Arc::clone(&start.epoch), offset, frame));
         next += 1;
     }
     if next != start.offset + 1 {
@@ -91,6 +96,11 @@ pub fn plan(since_offset: u64, start: &Position, history: History) -> Result<Vec
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
+
+    fn offsets(got: Vec<Arc<Publication>>) -> Vec<u64> {
+        got.iter().map(|p| p.offset).collect()
+    }
 
     fn pos(e: &str, o: u64) -> Position {
         Position {
@@ -102,7 +112,6 @@ mod tests {
     fn hist(e: &str, offsets: impl IntoIterator<Item = u64>) -> History {
         History {
             epoch: Some(e.into()),
-            top: 0,
             entries: offsets
                 .into_iter()
                 .map(|o| (o, Bytes::from(o.to_string())))
@@ -113,41 +122,37 @@ mod tests {
     #[test]
     fn replays_exactly_the_missed_range() {
         let got = plan(41, &pos("E", 45), hist("E", 40..=50)).expect("recovered");
-        assert_eq!(
-            got,
-            (42..=45)
-                .map(|o| Bytes::from(o.to_string()))
-                .collect::<Vec<_>>()
-        );
-        assert_eq!(
-            plan(45, &pos("E", 45), hist("E", [])).expect("nothing missed"),
-            Vec::<Bytes>::new()
-        );
+        assert_eq!(offsets(got), [42, 43, 44, 45]);
+        let none = plan(45, &pos("E", 45), hist("E", [])).expect("nothing missed");
+        assert!(none.is_empty());
     }
 
     #[test]
     fn never_partial() {
         assert_eq!(
-            plan(41, &pos("E", 45), hist("E", 43..=50)),
+            plan(41, &pos("E", 45), hist("E", 43..=50)).map(offsets),
             Err(Refusal::Gap),
             "oldest gone"
         );
         assert_eq!(
-            plan(41, &pos("E", 45), hist("E", [42, 43, 45])),
+            plan(41, &pos("E", 45), hist("E", [42, 43, 45])).map(offsets),
             Err(Refusal::Gap),
             "hole"
         );
         assert_eq!(
-            plan(41, &pos("E", 45), hist("E", 42..=44)),
+            plan(41, &pos("E", 45), hist("E", 42..=44)).map(offsets),
             Err(Refusal::Gap),
             "short"
         );
         assert_eq!(
-            plan(41, &pos("E", 45), hist("F", 40..=50)),
+            plan(41, &pos("E", 45), hist("F", 40..=50)).map(offsets),
             Err(Refusal::EpochChanged)
         );
         let none = History::default();
-        assert_eq!(plan(41, &pos("E", 45), none), Err(Refusal::EpochChanged));
+        assert_eq!(
+            plan(41, &pos("E", 45), none).map(offsets),
+            Err(Refusal::EpochChanged)
+        );
     }
 
     #[test]

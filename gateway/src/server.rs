@@ -3,9 +3,11 @@
 //! Builds hub → broker → node once, mounts `/ws` + the demo page on the
 //! public listener and the API, metrics and probes on the admin listener (or
 //! the public one when no admin listener is configured), and runs until
-//! SIGTERM/SIGINT, then drains: refuse new WebSockets (503) and report
-//! not-ready, tell every client to reconnect (4000) spread over
-//! `drain_timeout`, wait for sessions, return.
+//! SIGTERM/SIGINT, then shuts down in order: stop accepting (new WebSockets
+//! get 503, `/readyz` says draining); tell every client to reconnect (4000)
+//! at moments spread over `drain_timeout`, still delivering to each until
+//! its turn; stop the broker once the last session has left or the drain
+//! timed out; return.
 
 use crate::api::{self, ApiState};
 use crate::auth::{Auth, UserConnections};
@@ -14,11 +16,13 @@ use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::channels::Rules;
 use crate::config::{BrokerConfig, Config};
-use crate::hub::{Hub, Signal};
+use crate::hub::Hub;
 use crate::metrics::metrics;
 use crate::node::Node;
-use crate::session::{self, SessionCtx};
+use crate::session::SessionCtx;
+use crate::signal::Signal;
 use crate::token::Tokens;
+use crate::transport;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -42,8 +46,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Broker(#[from] BrokerError),
+    #[error("{0}")]
+    Broker(String),
     #[error(transparent)]
     Config(crate::config::ConfigError),
     #[error("auth: {0}")]
@@ -58,6 +62,9 @@ struct AppState {
     sessions: Arc<SessionCtx>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    /// Stops the broker's background tasks (pub/sub, expiry): cancelled only
+    /// after the sessions have drained, so they keep receiving until then.
+    broker_stop: CancellationToken,
 }
 
 /// A node ready to serve: listeners bound, broker started.
@@ -78,12 +85,19 @@ impl Server {
         shutdown: CancellationToken,
     ) -> Result<Self, ServerError> {
         let hub = Arc::new(Hub::new());
+        let broker_stop = CancellationToken::new();
         let broker: Arc<dyn Broker> = match &cfg.broker {
-            BrokerConfig::Memory(m) => MemoryBroker::start(m, hub.clone(), shutdown.clone()),
-            BrokerConfig::Redis(r) => RedisBroker::start(r, hub.clone(), shutdown.clone())?,
+            BrokerConfig::Memory(m) => MemoryBroker::start(m, hub.clone(), broker_stop.clone()),
+            BrokerConfig::Redis(r) => RedisBroker::start(r, hub.clone(), broker_stop.clone())
+                .map_err(|e: BrokerError| ServerError::Broker(e.to_string()))?,
         };
         let rules = Arc::new(Rules::from_config(cfg));
-        let node = Arc::new(Node::new(node_id, hub, Arc::clone(&broker), rules));
+        let node = Arc::new(Node::new(
+            node_id,
+            hub,
+            Arc::clone(&broker),
+            Arc::clone(&rules),
+        ));
         let auth = Auth::from_config(&cfg.auth)
             .map_err(ServerError::Auth)?
             .map(Arc::new);
@@ -103,6 +117,8 @@ impl Server {
         }
         let sessions = Arc::new(SessionCtx {
             node: node.clone(),
+            rules,
+            links: Default::default(),
             cfg: cfg.session.clone(),
             shutdown: drain,
             tokens,
@@ -127,6 +143,7 @@ impl Server {
                 sessions,
                 tracker: TaskTracker::new(),
                 shutdown,
+                broker_stop,
             },
             max_payload: cfg.session.max_payload,
             api_keys: ApiState::hash_keys(&cfg.api.all_keys().map_err(ServerError::Config)?),
@@ -206,6 +223,8 @@ impl Server {
         {
             tracing::warn!(left = st.tracker.len(), "drain timed out; closing the rest");
         }
+        // Only now: until the last session has gone, it still receives.
+        st.broker_stop.cancel();
         for s in servers {
             s.abort();
         }
@@ -296,7 +315,7 @@ async fn ws_upgrade(
     let ctx = st.sessions.clone();
     st.tracker.spawn(async move {
         match fut.await {
-            Ok(ws) => session::run(ws, ctx).await,
+            Ok(ws) => transport::ws::run(ws.into_inner(), ctx).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
     });
@@ -313,7 +332,10 @@ async fn readyz(State(st): State<AppState>) -> Response {
     }
 }
 
-async fn metrics_text() -> Response {
+async fn metrics_text(State(st): State<AppState>) -> Response {
+    // Summed at scrape time: the delivery path never touches a shared gauge.
+    let queued = st.sessions.links.queued_bytes();
+    metrics().queued_bytes.set(queued as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         metrics().render(),

@@ -11,18 +11,19 @@
 //! The key id (first 8 hex digits of SHA-256 of the secret) lets nodes verify
 //! tokens signed with an older secret during a rotation.
 
+use crate::clock::now_secs;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::sync::RwLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 type HmacSha256 = Hmac<Sha256>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum TokenError {
+pub(crate) enum TokenError {
     #[error("malformed token")]
     Malformed,
     #[error("signed with an unknown key")]
@@ -37,7 +38,7 @@ pub enum TokenError {
 
 impl TokenError {
     /// Metric label.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Self::Malformed => "malformed",
             Self::UnknownKey => "unknown_key",
@@ -50,17 +51,17 @@ impl TokenError {
 
 /// What a token vouches for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Claims {
-    pub sid: String,
+pub(crate) struct Claims {
+    pub(crate) sid: String,
     /// User id; empty for anonymous sessions (open mode).
-    pub uid: String,
-    pub ch: Vec<String>,
+    pub(crate) uid: String,
+    pub(crate) ch: Vec<String>,
     /// The channels of `ch` a subscribe token granted: channel rules cannot
     /// re-derive them on resume.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub gr: Vec<String>,
+    pub(crate) gr: Vec<String>,
     /// Expiry, seconds since the UNIX epoch.
-    pub exp: u64,
+    pub(crate) exp: u64,
 }
 
 struct Key {
@@ -86,26 +87,14 @@ impl Key {
 }
 
 /// Issues and verifies tokens. The first key signs; every key verifies.
-pub struct Tokens {
+pub(crate) struct Tokens {
     keys: RwLock<Vec<Key>>,
     ttl: Duration,
 }
 
-pub fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 impl Tokens {
     /// `secrets` may be empty until one is agreed on (see [`Tokens::set_secret`]).
-    pub fn new(secrets: &[String], ttl: Duration) -> Self {
+    pub(crate) fn new(secrets: &[String], ttl: Duration) -> Self {
         Self {
             keys: RwLock::new(secrets.iter().map(|s| Key::new(s)).collect()),
             ttl,
@@ -113,14 +102,14 @@ impl Tokens {
     }
 
     /// Installs the signing secret when none was configured.
-    pub fn set_secret(&self, secret: &str) {
+    pub(crate) fn set_secret(&self, secret: &str) {
         let mut keys = self.keys.write().unwrap_or_else(|e| e.into_inner());
         if keys.is_empty() {
             keys.push(Key::new(secret));
         }
     }
 
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         !self
             .keys
             .read()
@@ -129,7 +118,7 @@ impl Tokens {
     }
 
     /// A token for this session state, valid for the configured TTL.
-    pub fn issue(
+    pub(crate) fn issue(
         &self,
         sid: &str,
         uid: &str,
@@ -152,7 +141,7 @@ impl Tokens {
     }
 
     /// Checks signature (constant time) and expiry; returns the claims.
-    pub fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
+    pub(crate) fn verify(&self, token: &str, now: u64) -> Result<Claims, TokenError> {
         let (signed, sig) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let (kid, payload) = signed.split_once('.').ok_or(TokenError::Malformed)?;
         let sig = B64.decode(sig).map_err(|_| TokenError::Malformed)?;
@@ -177,7 +166,7 @@ impl Tokens {
 }
 
 /// A fresh random secret (for a single node, or for Redis to agree on).
-pub fn random_secret() -> String {
+pub(crate) fn random_secret() -> String {
     std::iter::repeat_with(fastrand::alphanumeric)
         .take(43)
         .collect()

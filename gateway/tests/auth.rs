@@ -18,7 +18,7 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn now() -> u64 {
-    herald::token::now_secs()
+    herald::clock::now_secs()
 }
 
 fn sign(alg: Algorithm, key: &EncodingKey, kid: Option<&str>, claims: &Value) -> String {

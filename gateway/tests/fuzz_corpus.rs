@@ -25,5 +25,5 @@ fn command_corpus_never_panics() {
 
 #[test]
 fn frames_corpus_never_panics() {
-    assert!(replay("frames", herald::wsread::fuzz_frames) >= 10);
+    assert!(replay("frames", herald::fuzz_frames) >= 10);
 }

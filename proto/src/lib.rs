@@ -23,10 +23,10 @@ pub const MAX_EVENT_LEN: usize = 128;
 /// Every field but `op` is optional at this level so that a frame with a bad
 /// field can still be answered with its `id`; [`Command::op`] tells which
 /// fields the operation needs and the session checks them.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 pub struct Command<'a> {
     #[serde(borrow)]
-    pub op: Cow<'a, str>,
+    pub op: Op<'a>,
     /// Chosen by the client, echoed in the reply; absent on fire-and-forget frames.
     #[serde(default)]
     pub id: Option<u64>,
@@ -49,6 +49,64 @@ pub struct Command<'a> {
     /// `connect` with `resume`: the last position seen per channel.
     #[serde(default, borrow)]
     pub positions: Option<std::collections::HashMap<Cow<'a, str>, Since<'a>>>,
+}
+
+/// The operation a client frame asks for.
+///
+/// An op the server does not know is kept as [`Op::Unknown`] (not a decode
+/// error), so the reply can name it and keep the frame's `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op<'a> {
+    Connect,
+    Subscribe,
+    Unsubscribe,
+    Emit,
+    Refresh,
+    Ping,
+    Pong,
+    /// Any other string.
+    Unknown(Cow<'a, str>),
+}
+
+/// An empty unknown op, so that adapters can build a [`Command`] field by field.
+impl Default for Op<'_> {
+    fn default() -> Self {
+        Self::Unknown(Cow::Borrowed(""))
+    }
+}
+
+impl<'a> Op<'a> {
+    fn from_str(s: &str) -> Option<Self> {
+        Some(match s {
+            "connect" => Self::Connect,
+            "subscribe" => Self::Subscribe,
+            "unsubscribe" => Self::Unsubscribe,
+            "emit" => Self::Emit,
+            "refresh" => Self::Refresh,
+            "ping" => Self::Ping,
+            "pong" => Self::Pong,
+            _ => return None,
+        })
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Op<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Op<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an op name")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<Op<'de>, E> {
+                Ok(Op::from_str(s).unwrap_or(Op::Unknown(Cow::Borrowed(s))))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Op<'de>, E> {
+                Ok(Op::from_str(s).unwrap_or_else(|| Op::Unknown(Cow::Owned(s.to_owned()))))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// A client's last seen position on a channel.
@@ -235,6 +293,12 @@ pub enum CloseCode {
     TooManyConnections = 4504,
 }
 
+impl Serialize for CloseCode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u16(self.code())
+    }
+}
+
 impl CloseCode {
     pub fn code(self) -> u16 {
         self as u16
@@ -291,9 +355,9 @@ pub enum Reply<'a> {
         /// Present when the client asked to resume.
         #[serde(skip_serializing_if = "Option::is_none")]
         resumed: Option<bool>,
-        /// On a successful resume: per channel `{epoch, offset, recovered}`.
+        /// On a successful resume: what became of each channel of the token.
         #[serde(skip_serializing_if = "Option::is_none")]
-        channels: Option<&'a serde_json::Value>,
+        channels: Option<&'a ResumedChannels>,
         /// The authenticated user (`sub`), absent in open mode.
         #[serde(skip_serializing_if = "Option::is_none")]
         user: Option<&'a str>,
@@ -353,10 +417,34 @@ pub enum Reply<'a> {
         channel: Option<&'a str>,
     },
     Disconnect {
-        code: u16,
+        code: CloseCode,
         reason: &'a str,
         reconnect: bool,
     },
+}
+
+/// `connected.channels` after a resume, ordered by channel name.
+pub type ResumedChannels = std::collections::BTreeMap<String, ResumedChannel>;
+
+/// What a resume did with one channel of the reconnect token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ResumedChannel {
+    /// Subscribed again; `recovered` tells whether every missed publication follows.
+    Restored {
+        epoch: String,
+        offset: u64,
+        recovered: bool,
+    },
+    /// Not subscribed again (the rules refuse it now, or the broker failed).
+    Refused { error: ErrorBody },
+}
+
+/// An error as it appears inside other frames and in HTTP API bodies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
 }
 
 impl Reply<'_> {
@@ -446,7 +534,7 @@ mod tests {
     fn decode_borrows_and_unescapes() {
         let cmd = Command::decode(r#"{"op":"emit","id":3,"channel":"a\u0062","data":{"x":1}}"#)
             .expect("valid");
-        assert_eq!(cmd.op, "emit");
+        assert_eq!(cmd.op, Op::Emit);
         assert_eq!(cmd.channel.as_deref(), Some("ab"));
         assert_eq!(cmd.data.map(RawValue::get), Some(r#"{"x":1}"#));
     }
@@ -505,12 +593,70 @@ mod tests {
             }
             let text = v.to_string();
             let cmd = Command::decode(&text).expect("valid frame");
-            proptest::prop_assert_eq!(cmd.op.as_ref(), op.as_str());
+            let want = Op::from_str(&op).unwrap_or(Op::Unknown(op.as_str().into()));
+            proptest::prop_assert_eq!(cmd.op, want);
             proptest::prop_assert_eq!(cmd.id, id);
             proptest::prop_assert_eq!(cmd.channel.as_deref(), Some(channel.as_str()));
             let data: serde_json::Value = serde_json::from_str(cmd.data.expect("data").get()).expect("json");
             proptest::prop_assert_eq!(data["n"].as_i64(), Some(n));
         }
+    }
+
+    #[test]
+    fn unknown_ops_keep_their_name_and_id() {
+        let cmd = Command::decode(r#"{"op":"fly","id":9}"#).expect("decodes");
+        assert_eq!(cmd.op, Op::Unknown("fly".into()));
+        assert_eq!(cmd.id, Some(9));
+        let cmd = Command::decode(r#"{"op":"fl\u0079"}"#).expect("escaped");
+        assert_eq!(cmd.op, Op::Unknown("fly".into()));
+        let (id, _) = Command::decode(r#"{"op":5,"id":2}"#).expect_err("op must be a string");
+        assert_eq!(id, Some(2));
+    }
+
+    #[test]
+    fn typed_replies_keep_the_wire_format() {
+        let mut channels = ResumedChannels::new();
+        channels.insert(
+            "b".into(),
+            ResumedChannel::Restored {
+                epoch: "E".into(),
+                offset: 3,
+                recovered: true,
+            },
+        );
+        channels.insert(
+            "a".into(),
+            ResumedChannel::Refused {
+                error: ErrorBody {
+                    code: ErrorCode::Forbidden,
+                    message: "no".into(),
+                },
+            },
+        );
+        let reply = Reply::Connected {
+            id: None,
+            session: "s",
+            node: "n",
+            ping_interval_ms: 1,
+            resumed: Some(true),
+            channels: Some(&channels),
+            user: None,
+            expires_at: None,
+            reconnect_token: None,
+        };
+        assert_eq!(
+            String::from_utf8(reply.to_vec()).expect("utf8"),
+            r#"{"op":"connected","session":"s","node":"n","ping_interval_ms":1,"resumed":true,"channels":{"a":{"error":{"code":"forbidden","message":"no"}},"b":{"epoch":"E","offset":3,"recovered":true}}}"#
+        );
+        let bye = Reply::Disconnect {
+            code: CloseCode::SlowConsumer,
+            reason: "slow consumer",
+            reconnect: true,
+        };
+        assert_eq!(
+            String::from_utf8(bye.to_vec()).expect("utf8"),
+            r#"{"op":"disconnect","code":4001,"reason":"slow consumer","reconnect":true}"#
+        );
     }
 
     #[test]

@@ -34,7 +34,7 @@ struct ChannelState {
 
 type Shard = Mutex<HashMap<Box<str>, ChannelState>>;
 
-pub struct MemoryBroker {
+pub(crate) struct MemoryBroker {
     shards: Box<[Shard]>,
     hasher: std::collections::hash_map::RandomState,
     sink: Arc<dyn Sink>,
@@ -44,7 +44,7 @@ pub struct MemoryBroker {
 
 impl MemoryBroker {
     /// Creates the broker and starts its expiry sweeper, which stops with `shutdown`.
-    pub fn start(
+    pub(crate) fn start(
         cfg: &MemoryConfig,
         sink: Arc<dyn Sink>,
         shutdown: CancellationToken,
@@ -95,7 +95,8 @@ impl MemoryBroker {
     }
 
     /// Number of channels whose state is held, for tests.
-    pub fn channel_count(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn channel_count(&self) -> usize {
         self.shards
             .iter()
             .map(|s| s.lock().unwrap_or_else(|e| e.into_inner()).len())
@@ -193,7 +194,6 @@ impl Broker for MemoryBroker {
                 let oldest = Instant::now().checked_sub(ttl);
                 History {
                     epoch: Some(st.epoch.clone()),
-                    top: st.offset,
                     entries: st
                         .history
                         .iter()

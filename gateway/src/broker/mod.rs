@@ -9,8 +9,8 @@
 //! publications in offset order. Backends: [`memory`] (single node) and
 //! [`redis`] (cluster).
 
-pub mod memory;
-pub mod redis;
+pub(crate) mod memory;
+pub(crate) mod redis;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -19,12 +19,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use crate::config::HistoryConfig;
+pub(crate) use crate::config::HistoryConfig;
 
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum BrokerError {
+pub(crate) enum BrokerError {
     /// The broker cannot be reached or did not answer in time; nothing was published.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
@@ -36,14 +36,14 @@ pub enum BrokerError {
 /// Where a channel stands: its epoch (changes when its state is lost) and
 /// the offset of its latest publication (0 when none).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Position {
-    pub epoch: Arc<str>,
-    pub offset: u64,
+pub(crate) struct Position {
+    pub(crate) epoch: Arc<str>,
+    pub(crate) offset: u64,
 }
 
 /// Receives what a broker delivers to this node. Called synchronously from
 /// the broker's delivery path; must not block.
-pub trait Sink: Send + Sync + 'static {
+pub(crate) trait Sink: Send + Sync + 'static {
     /// One publication, `frame` being the complete client `message` frame.
     fn publication(&self, channel: &str, epoch: &str, offset: u64, frame: Bytes);
     /// After the broker reconnected, the channel's position now; publications
@@ -55,7 +55,7 @@ pub trait Sink: Send + Sync + 'static {
 }
 
 /// A pub/sub backend with per-channel ordered positions.
-pub trait Broker: Send + Sync + 'static {
+pub(crate) trait Broker: Send + Sync + 'static {
     /// Assigns the next offset on `channel`, appends to its history (kept as
     /// `history` says: the channel's namespace decides), and delivers to
     /// every subscribed node.
@@ -95,18 +95,16 @@ pub trait Broker: Send + Sync + 'static {
 
 /// What a broker still holds of a channel's past.
 #[derive(Debug, Clone, Default)]
-pub struct History {
+pub(crate) struct History {
     /// `None` when the channel has no state at all (never used, or lost).
-    pub epoch: Option<Arc<str>>,
-    /// Latest offset assigned.
-    pub top: u64,
+    pub(crate) epoch: Option<Arc<str>>,
     /// `(offset, complete message frame)`, ascending.
-    pub entries: Vec<(u64, Bytes)>,
+    pub(crate) entries: Vec<(u64, Bytes)>,
 }
 
 /// A fresh random epoch. Twelve alphanumerics make a repeat after a reset
 /// practically impossible, so an old epoch never matches a new one.
-pub fn new_epoch() -> String {
+pub(crate) fn new_epoch() -> String {
     std::iter::repeat_with(fastrand::alphanumeric)
         .take(12)
         .collect()

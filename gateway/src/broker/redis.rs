@@ -35,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 /// KEYS: meta, history stream. ARGV: fresh epoch (used if none), ttl
 /// seconds. Returns `{epoch, offset}`. A new epoch clears old history, whose
 /// stream ids would otherwise block the next append.
-pub const POSITION_SCRIPT: &str = r#"
+pub(crate) const POSITION_SCRIPT: &str = r#"
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then
   e = ARGV[1]
@@ -117,7 +117,7 @@ fn count<T, E>(
     }
 }
 
-pub struct RedisBroker {
+pub(crate) struct RedisBroker {
     client: redis::Client,
     conn: ConnectionManager,
     cfg: RedisConfig,
@@ -140,7 +140,7 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 impl RedisBroker {
     /// Creates the broker and starts its pub/sub task; does not wait for Redis,
     /// so a node can start (not ready) while Redis is still coming up.
-    pub fn start(
+    pub(crate) fn start(
         cfg: &RedisConfig,
         sink: Arc<dyn Sink>,
         shutdown: CancellationToken,
@@ -264,7 +264,7 @@ impl RedisBroker {
                 match parse_payload(msg.get_payload_bytes()) {
                     Some(p) => {
                         if let Some(ms) = p.published_ms {
-                            let now = crate::token::now_millis();
+                            let now = crate::clock::now_millis();
                             metrics()
                                 .broker_lag
                                 .observe(now.saturating_sub(ms) as f64 / 1000.0);
@@ -574,7 +574,8 @@ fn parse_history(raw: Vec<redis::Value>) -> Result<History, BrokerError> {
         Value::Nil => None,
         _ => return Err(bad()),
     };
-    let top = it.next().as_ref().and_then(int).ok_or_else(bad)?;
+    // The channel's top offset; recovery compares against the join position instead.
+    it.next().as_ref().and_then(int).ok_or_else(bad)?;
     let mut entries = Vec::new();
     while let Some(o) = it.next() {
         let offset = int(&o).ok_or_else(bad)?;
@@ -584,11 +585,7 @@ fn parse_history(raw: Vec<redis::Value>) -> Result<History, BrokerError> {
         };
         entries.push((offset, frame));
     }
-    Ok(History {
-        epoch,
-        top,
-        entries,
-    })
+    Ok(History { epoch, entries })
 }
 
 #[cfg(test)]

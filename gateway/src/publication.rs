@@ -1,0 +1,113 @@
+//! Publication: one message as the hub hands it to every local subscriber.
+//!
+//! Sits between `broker`/`hub` (which build one per publication) and the
+//! transports (which write it). A publication is shared by reference, never
+//! copied per subscriber, and it is encoded at most once per wire format:
+//! the Herald v1 `message` frame arrives complete from the broker (built in
+//! process, or inside Redis by the publish script), and any other format is
+//! made from it by the first subscriber that needs it, then kept in a
+//! `OnceLock` slot for every other subscriber of that format.
+
+use bytes::Bytes;
+use herald_proto::Reply;
+use std::sync::Arc;
+
+/// A wire format a transport writes publications in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wire {
+    /// Herald protocol v1 JSON text frames (WebSocket).
+    Herald,
+}
+
+impl Wire {
+    /// Encodes a reply or notice for this format.
+    pub(crate) fn reply(self, reply: &Reply<'_>) -> Bytes {
+        match self {
+            Self::Herald => Bytes::from(reply.to_vec()),
+        }
+    }
+}
+
+/// One publication of one channel, at its broker-assigned position.
+///
+/// A format other than Herald v1 gets a `OnceLock<Bytes>` field here, filled
+/// by [`Publication::encoded`] on first use, so that however many
+/// subscribers speak it, the publication is encoded for it once.
+#[derive(Debug)]
+pub(crate) struct Publication {
+    pub(crate) epoch: Arc<str>,
+    pub(crate) offset: u64,
+    /// The Herald v1 `message` frame: `{"op":"message","channel",...,"offset"}`.
+    herald: Bytes,
+}
+
+impl Publication {
+    pub(crate) fn new(epoch: Arc<str>, offset: u64, herald: Bytes) -> Arc<Self> {
+        Arc::new(Self {
+            epoch,
+            offset,
+            herald,
+        })
+    }
+
+    /// The publication in `wire`'s format, shared by every subscriber of that format.
+    pub(crate) fn encoded(&self, wire: Wire) -> Bytes {
+        match wire {
+            Wire::Herald => self.herald.clone(),
+        }
+    }
+
+    /// Bytes this publication holds in an outbound queue (the Herald frame's size).
+    pub(crate) fn size(&self) -> usize {
+        self.herald.len()
+    }
+}
+
+/// One item of a session's outbound queue.
+#[derive(Debug, Clone)]
+pub(crate) enum Outbound {
+    /// A reply or notice, already encoded for the session's wire format.
+    Frame(Bytes),
+    /// A publication, encoded by the writer through [`Publication::encoded`].
+    Publication(Arc<Publication>),
+}
+
+impl Outbound {
+    /// Bytes this item counts against the queue's byte bound.
+    pub(crate) fn size(&self) -> usize {
+        match self {
+            Self::Frame(b) => b.len(),
+            Self::Publication(p) => p.size(),
+        }
+    }
+
+    /// The bytes to write in `wire`'s format.
+    pub(crate) fn encoded(&self, wire: Wire) -> Bytes {
+        match self {
+            Self::Frame(b) => b.clone(),
+            Self::Publication(p) => p.encoded(wire),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn herald_frames_are_shared_not_copied() {
+        let frame = Bytes::from_static(br#"{"op":"message"}"#);
+        let p = Publication::new("E".into(), 1, frame.clone());
+        let a = p.encoded(Wire::Herald);
+        let b = Outbound::Publication(Arc::clone(&p)).encoded(Wire::Herald);
+        assert_eq!(a.as_ptr(), frame.as_ptr());
+        assert_eq!(b.as_ptr(), frame.as_ptr());
+        assert_eq!(p.size(), frame.len());
+    }
+
+    #[test]
+    fn queue_items_stay_small() {
+        // Every session's queue allocates blocks of these up front.
+        assert!(std::mem::size_of::<Outbound>() <= 40);
+    }
+}

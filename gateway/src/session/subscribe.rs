@@ -1,0 +1,139 @@
+//! `subscribe` (with recovery from `since`) and `unsubscribe`.
+//!
+//! Part of the session core. Subscribing joins the channel *held* through
+//! `node`, reads what the client missed from history (all or nothing, see
+//! `recovery`), queues the `subscribed` reply, then releases the join: the
+//! replay, then what arrived meanwhile, then live publications.
+
+use super::Session;
+use crate::broker::Position;
+use crate::metrics::metrics;
+use crate::publication::Publication;
+use crate::recovery::{self, Refusal};
+use herald_proto::{Command, ErrorCode, Reply, Since};
+use std::sync::Arc;
+
+impl Session {
+    pub(super) async fn subscribe(&mut self, cmd: &Command<'_>) {
+        let id = cmd.id;
+        let Some(ch) = self.channel(id, cmd.channel.as_deref()) else {
+            return;
+        };
+        let by_token = match self.may_subscribe(ch, cmd.token.as_deref()) {
+            Ok(by_token) => by_token,
+            Err(msg) => return self.error(id, ErrorCode::Forbidden, &msg, Some(ch)),
+        };
+        let already = self.subs.contains(ch);
+        if !already && self.subs.len() >= self.ctx.cfg.max_subscriptions {
+            let msg = format!(
+                "this connection already has {} subscriptions, the limit",
+                self.subs.len()
+            );
+            return self.error(id, ErrorCode::TooManySubscriptions, &msg, Some(ch));
+        }
+        let joined = match self.ctx.node.subscribe(ch, &self.link).await {
+            Ok(j) => j,
+            Err(e) => return self.error(id, ErrorCode::Unavailable, &e.to_string(), Some(ch)),
+        };
+        self.subs.insert(ch.into());
+        if by_token {
+            self.granted.insert(ch.into());
+        }
+        // Recovery only makes sense for a new subscription: a live one has
+        // already been given everything since it started.
+        let since = cmd.since.as_ref().filter(|_| !already);
+        let (recovered, replay) = match since {
+            None => (None, Vec::new()),
+            Some(s) => {
+                let outcome = self.recover(ch, s, &joined.start).await;
+                Self::count_recovery(&outcome);
+                (Some(outcome.is_ok()), outcome.unwrap_or_default())
+            }
+        };
+        let token = self.token();
+        self.reply(&Reply::Subscribed {
+            id,
+            channel: ch,
+            epoch: &joined.start.epoch,
+            offset: joined.start.offset,
+            recovered,
+            reconnect_token: token.as_deref(),
+        });
+        joined.release(replay);
+    }
+
+    /// Channel rules first; a subscribe token can grant what they refuse.
+    /// Ok(true) when only the subscribe token allowed it.
+    fn may_subscribe(&self, ch: &str, token: Option<&str>) -> Result<bool, String> {
+        let denied = match self.ctx.rules.may_subscribe(&self.identity, ch) {
+            Ok(()) => return Ok(false),
+            Err(d) => d,
+        };
+        let (Some(token), Some(auth)) = (token, self.ctx.auth.as_deref()) else {
+            Self::count_denial("subscribe", denied.label());
+            return Err(denied.message().to_owned());
+        };
+        match auth.subscribe(token, &self.identity.user, ch) {
+            Ok(()) => {
+                metrics().auth.with_label_values(&["subscribe", "ok"]).inc();
+                Ok(true)
+            }
+            Err(e) => {
+                metrics()
+                    .auth
+                    .with_label_values(&["subscribe", e.label()])
+                    .inc();
+                Self::count_denial("subscribe", "bad_token");
+                Err(format!("subscribe token refused: {e}"))
+            }
+        }
+    }
+
+    /// The publications a client at `since` missed before `start`, all or none.
+    pub(super) async fn recover(
+        &self,
+        ch: &str,
+        since: &Since<'_>,
+        start: &Position,
+    ) -> Result<Vec<Arc<Publication>>, Refusal> {
+        let need = recovery::missed(&since.epoch, since.offset, start, self.ctx.cfg.recovery_max)?;
+        if need == 0 {
+            return Ok(Vec::new());
+        }
+        let history = self
+            .ctx
+            .node
+            .history(ch, since.offset, need as usize)
+            .await
+            .map_err(|_| Refusal::Unavailable)?;
+        recovery::plan(since.offset, start, history)
+    }
+
+    /// Counts a recovery attempt by outcome, and what it replays.
+    pub(super) fn count_recovery(outcome: &Result<Vec<Arc<Publication>>, Refusal>) {
+        let m = metrics();
+        match outcome {
+            Ok(replay) => {
+                m.recoveries.with_label_values(&["recovered"]).inc();
+                m.replayed.inc_by(replay.len() as u64);
+            }
+            Err(r) => m.recoveries.with_label_values(&[r.label()]).inc(),
+        }
+    }
+
+    pub(super) async fn unsubscribe(&mut self, id: Option<u64>, channel: Option<&str>) {
+        let Some(ch) = self.channel(id, channel) else {
+            return;
+        };
+        self.granted.remove(ch);
+        if self.subs.remove(ch) {
+            self.ctx.node.unsubscribe(ch, self.link.id).await;
+        }
+        let token = self.token();
+        self.reply(&Reply::Unsubscribed {
+            id,
+            channel: ch,
+            reconnect_token: token.as_deref(),
+        });
+    }
+}

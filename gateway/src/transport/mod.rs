@@ -1,0 +1,11 @@
+//! Transports: each one carries sessions over one kind of connection.
+//!
+//! The top of the data flow. A transport decodes client commands from its
+//! connection and hands them to the session core (`session`), and writes
+//! what the core queues (replies, shared publications, the ending) in its
+//! own wire format. It holds no protocol logic and never touches `node`,
+//! `hub` or `broker`.
+//!
+//! - [`ws`]: Herald protocol v1, JSON text frames over WebSocket.
+
+pub(crate) mod ws;

@@ -1,0 +1,197 @@
+//! Herald protocol v1 over WebSocket: one adapter around the session core.
+//!
+//! Sits between the server's upgrade handler and `session`. Each connection
+//! is a task pair over any byte stream (the upgraded socket, or an
+//! in-memory duplex in tests):
+//! - the **reader** (this task) reads whole messages with [`read`] and
+//!   hands each text message to the session core, in arrival order;
+//! - the **writer** ([`write`]) owns the write half and the session's
+//!   outbound queue, batches queued frames into few writes, pings on the
+//!   session's timers, answers WebSocket pings, and writes the final
+//!   `disconnect` + close frame whatever the reason.
+//!
+//! A message read is not cancel-safe, so it is never raced in a `select!`:
+//! the read half is wrapped in [`CancelRead`], which turns a cancellation
+//! into an I/O error that the read returns normally.
+
+pub(crate) mod read;
+mod write;
+
+use crate::hub::{Ending, SessionLink};
+use crate::publication::Wire;
+use crate::session::{Opened, Session, SessionCtx};
+use bytes::Bytes;
+use herald_proto::{CloseCode, Command, ErrorCode};
+use read::{Message, MessageReader, ReadError};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+use write::Writer;
+
+/// Runs one WebSocket connection (after the upgrade) to its end.
+pub(crate) async fn run<S>(io: S, ctx: Arc<SessionCtx>)
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let Opened {
+        mut session,
+        link,
+        shared,
+        rx,
+    } = Session::open(Arc::clone(&ctx), Wire::Herald);
+    let (r, w) = tokio::io::split(io);
+    let read_stop = CancellationToken::new();
+    let mut socket = CancelRead::new(r, read_stop.clone());
+    let pong = Arc::new(PongSlot::default());
+    let writer = tokio::spawn(
+        Writer::new(
+            w,
+            rx,
+            Arc::clone(&link),
+            shared,
+            Arc::clone(&ctx),
+            read_stop.clone(),
+            Arc::clone(&pong),
+        )
+        .run(),
+    );
+    // Borrowed, so the raw socket can still be drained after the reader gives up.
+    let reader = MessageReader::new(&mut socket, ctx.cfg.max_frame());
+    let broken = read_messages(&mut session, &link, &pong, reader).await;
+    if broken && matches!(link.ending(), Some(Ending::Close { .. })) {
+        // Keep reading (and discarding) until the client closes or the
+        // writer's close timeout passes: dropping a socket with unread
+        // input resets it, and the client could lose our close frame.
+        let mut scratch = vec![0u8; 4096];
+        while let Ok(n) = socket.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    read_stop.cancel();
+    link.finish(Ending::Gone);
+    let _ = writer.await;
+    session.close().await;
+}
+
+/// Hands messages to the session until the connection ends. True when the
+/// byte stream broke (it can no longer be read as frames).
+async fn read_messages<R: AsyncRead + Unpin>(
+    session: &mut Session,
+    link: &SessionLink,
+    pong: &PongSlot,
+    mut reader: MessageReader<R>,
+) -> bool {
+    loop {
+        // Messages parsed from an already-filled buffer never touch a
+        // tokio resource, so without this a flooding client's reader
+        // could hold a worker thread for a whole buffer of commands.
+        tokio::task::coop::consume_budget().await;
+        let msg = match reader.next().await {
+            Ok(m) => m,
+            Err(e) => {
+                read_error(link, e);
+                return true;
+            }
+        };
+        if link.closed().is_raised() {
+            // Closing: keep draining (so our close frame is not lost to a
+            // reset) until the client's close or EOF.
+            if matches!(msg, Message::Close(_)) {
+                return false;
+            }
+            continue;
+        }
+        match msg {
+            Message::Text(bytes) => match std::str::from_utf8(&bytes) {
+                Ok(text) => session.command(|| Command::decode(text)).await,
+                Err(_) => {
+                    read_error(link, ReadError::Protocol("text message is not valid UTF-8"));
+                    return true;
+                }
+            },
+            Message::Binary => session.error(
+                None,
+                ErrorCode::BadRequest,
+                "binary frames are not supported: send JSON text frames",
+                None,
+            ),
+            Message::Close(_) => {
+                link.finish(Ending::ClientClosed);
+                return false;
+            }
+            Message::Ping(payload) => pong.set(payload),
+            Message::Pong => {}
+        }
+    }
+}
+
+fn read_error(link: &SessionLink, e: ReadError) {
+    match e {
+        ReadError::TooLarge => {
+            link.close(CloseCode::MessageTooLarge);
+        }
+        ReadError::Io(_) | ReadError::Eof => {
+            link.finish(Ending::Gone);
+        }
+        ReadError::Protocol(why) => {
+            tracing::debug!(why, "WebSocket protocol violation");
+            link.close_with(CloseCode::ProtocolError, why);
+        }
+    }
+}
+
+/// The latest WebSocket ping's payload, for the writer to answer (a slot,
+/// not a queue: only the newest ping needs a pong).
+#[derive(Default)]
+struct PongSlot {
+    payload: Mutex<Option<Bytes>>,
+    ready: Notify,
+}
+
+impl PongSlot {
+    fn set(&self, payload: Bytes) {
+        *self.payload.lock().unwrap_or_else(|e| e.into_inner()) = Some(payload);
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> Option<Bytes> {
+        self.payload
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+/// A read half that fails with `ConnectionAborted` once `stop` is cancelled,
+/// so a pending read returns instead of being dropped mid-frame.
+struct CancelRead<R> {
+    inner: R,
+    stop: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl<R> CancelRead<R> {
+    fn new(inner: R, stop: CancellationToken) -> Self {
+        Self {
+            inner,
+            stop: Box::pin(stop.cancelled_owned()),
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for CancelRead<R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.stop.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Err(std::io::ErrorKind::ConnectionAborted.into()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}

@@ -1,0 +1,232 @@
+//! The WebSocket writer: the session's outbound queue onto the socket.
+//!
+//! Part of the Herald v1 WebSocket transport. Owns the write half; wakes for
+//! queued items (batched, up to 64 KiB per write), the session's timers
+//! (pings, and deadlines that end it), WebSocket pings to answer, the drain
+//! signal, and the session's end, which it writes as `disconnect` + close.
+
+use super::PongSlot;
+use crate::hub::{Ending, SessionLink};
+use crate::metrics::metrics;
+use crate::publication::{Outbound, Wire};
+use crate::session::timers::Timers;
+use crate::session::{SessionCtx, Shared};
+use fastwebsockets::{Frame, OpCode, Payload};
+use herald_proto::{CloseCode, Reply};
+use std::sync::Arc;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Largest batch of queued frames coalesced into one write.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Bytes a writer accumulates before adding them to the shared counter.
+const REPORT_BYTES: u64 = 64 * 1024;
+
+/// A server ping, as Herald v1 sends it.
+const PING: &[u8] = br#"{"op":"ping"}"#;
+
+pub(super) struct Writer<W> {
+    w: W,
+    rx: mpsc::Receiver<Outbound>,
+    link: Arc<SessionLink>,
+    shared: Arc<Shared>,
+    ctx: Arc<SessionCtx>,
+    read_stop: CancellationToken,
+    pong: Arc<PongSlot>,
+    /// Reused between batches; shrunk after big bursts so idle sessions stay small.
+    buf: Vec<u8>,
+    /// Bytes written but not yet added to `herald_bytes_sent_total`: the
+    /// shared counter is touched once per 64 KiB, a ping or the end, not per write.
+    unreported: u64,
+    /// Batches written; the queue depth is sampled on every 64th.
+    batches: u32,
+}
+
+fn push_frame(buf: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+    let mut frame = Frame::new(true, opcode, None, Payload::Borrowed(payload));
+    let mut head = [0u8; 10];
+    let n = frame.fmt_head(&mut head);
+    buf.extend_from_slice(&head[..n]);
+    buf.extend_from_slice(payload);
+}
+
+impl<W: AsyncWrite + Unpin> Writer<W> {
+    pub(super) fn new(
+        w: W,
+        rx: mpsc::Receiver<Outbound>,
+        link: Arc<SessionLink>,
+        shared: Arc<Shared>,
+        ctx: Arc<SessionCtx>,
+        read_stop: CancellationToken,
+        pong: Arc<PongSlot>,
+    ) -> Self {
+        Self {
+            w,
+            rx,
+            link,
+            shared,
+            ctx,
+            read_stop,
+            pong,
+            buf: Vec::new(),
+            unreported: 0,
+            batches: 0,
+        }
+    }
+
+    /// Queues one item's frame; returns the bytes it counted in the queue.
+    fn push(&mut self, item: &Outbound) -> usize {
+        push_frame(&mut self.buf, OpCode::Text, &item.encoded(Wire::Herald));
+        item.size()
+    }
+
+    pub(super) async fn run(mut self) {
+        let ctx = Arc::clone(&self.ctx);
+        let link = Arc::clone(&self.link);
+        let pong = Arc::clone(&self.pong);
+        let mut timers = Timers::new(
+            Arc::clone(&ctx),
+            Arc::clone(&self.shared),
+            Arc::clone(&link),
+        );
+        // Long-lived futures are pinned once: re-creating them every loop
+        // would re-register their wakers (a lock each) on every batch.
+        let closed_fut = link.closed().wait();
+        let shutdown_fut = ctx.shutdown.wait();
+        let ws_pong = pong.ready.notified();
+        tokio::pin!(closed_fut, shutdown_fut, ws_pong);
+        loop {
+            tokio::select! {
+                biased;
+                _ = &mut closed_fut => break,
+                _ = &mut shutdown_fut, if !timers.draining() => timers.drain(),
+                due = timers.ping_due() => {
+                    self.report_bytes();
+                    if let Some(t) = due.token {
+                        let frame = Wire::Herald.reply(&Reply::Token { reconnect_token: &t });
+                        push_frame(&mut self.buf, OpCode::Text, &frame);
+                    }
+                    push_frame(&mut self.buf, OpCode::Text, PING);
+                    if self.flush().await.is_err() { break }
+                }
+                _ = &mut ws_pong => {
+                    ws_pong.set(pong.ready.notified());
+                    let p = pong.take();
+                    push_frame(&mut self.buf, OpCode::Pong, &p.unwrap_or_default());
+                    if self.flush().await.is_err() { break }
+                }
+                msg = self.rx.recv() => {
+                    let Some(first) = msg else { break };
+                    if self.batches % 64 == 0 {
+                        metrics().queue_depth.observe((self.rx.len() + 1) as f64);
+                    }
+                    self.batches = self.batches.wrapping_add(1);
+                    let mut taken = self.push(&first);
+                    while self.buf.len() < BATCH_BYTES {
+                        match self.rx.try_recv() {
+                            Ok(m) => taken += self.push(&m),
+                            Err(_) => break,
+                        }
+                    }
+                    self.link.taken(taken);
+                    if self.flush().await.is_err() { break }
+                }
+            }
+        }
+        self.finish().await;
+    }
+
+    /// Writes the batch; gives up early (keeping the rest) if the session is closed meanwhile.
+    async fn flush(&mut self) -> std::io::Result<()> {
+        let mut pos = 0;
+        while pos < self.buf.len() {
+            tokio::select! {
+                biased;
+                r = self.w.write(&self.buf[pos..]) => match r {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        pos += n;
+                        self.unreported += n as u64;
+                    }
+                    Err(e) => {
+                        self.link.finish(Ending::Gone);
+                        return Err(e);
+                    }
+                },
+                _ = self.link.closed().wait() => {
+                    self.buf.drain(..pos);
+                    return Ok(());
+                }
+            }
+        }
+        self.buf.clear();
+        if self.unreported >= REPORT_BYTES {
+            self.report_bytes();
+        }
+        if self.rx.is_empty() || self.buf.capacity() > 4 * BATCH_BYTES {
+            // Idle connections hold no write buffer (measured: ~0.6 KiB each).
+            self.buf = Vec::new();
+        }
+        Ok(())
+    }
+
+    fn report_bytes(&mut self) {
+        metrics()
+            .bytes_sent
+            .inc_by(std::mem::take(&mut self.unreported));
+    }
+
+    /// Final frames: the rest of the current batch, then `disconnect` and a
+    /// close frame (or the echo of the client's close), bounded by `close_timeout`.
+    async fn finish(mut self) {
+        self.report_bytes();
+        let ending = self.link.ending().unwrap_or(Ending::Gone);
+        match ending {
+            Ending::Gone => {
+                self.read_stop.cancel();
+                return;
+            }
+            Ending::ClientClosed => {
+                push_frame(&mut self.buf, OpCode::Close, &1000u16.to_be_bytes())
+            }
+            Ending::Close { code, reason } => {
+                // Replies queued before the close (e.g. the `error` that
+                // explains it) go out first, except to a slow consumer,
+                // whose full queue is the reason it is closed.
+                if code != CloseCode::SlowConsumer {
+                    while self.buf.len() < 4 * BATCH_BYTES {
+                        let Ok(m) = self.rx.try_recv() else { break };
+                        let n = self.push(&m);
+                        self.link.taken(n);
+                    }
+                }
+                metrics()
+                    .disconnects
+                    .with_label_values(&[&code.code().to_string()])
+                    .inc();
+                tracing::debug!(session = %format_args!("{:016x}", self.link.id), code = code.code(), reason, "server closing session");
+                let notice = Wire::Herald.reply(&Reply::Disconnect {
+                    code,
+                    reason,
+                    reconnect: code.reconnect(),
+                });
+                push_frame(&mut self.buf, OpCode::Text, &notice);
+                let mut payload = code.code().to_be_bytes().to_vec();
+                payload.extend_from_slice(reason.as_bytes());
+                push_frame(&mut self.buf, OpCode::Close, &payload);
+            }
+        }
+        let timeout = self.ctx.cfg.close_timeout;
+        let write = async {
+            self.w.write_all(&self.buf).await?;
+            self.w.shutdown().await
+        };
+        if tokio::time::timeout(timeout, write).await.is_ok() {
+            // Let the client read our close and answer it before the socket drops.
+            let _ = tokio::time::timeout(timeout, self.read_stop.cancelled()).await;
+        }
+        self.read_stop.cancel();
+    }
+}
