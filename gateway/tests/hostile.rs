@@ -356,3 +356,71 @@ async fn a_flooding_connection_barely_moves_other_clients_latency() {
         "flood p99 {f99:.2} ms vs quiet {b99:.2} ms"
     );
 }
+
+#[tokio::test]
+async fn a_subscriber_that_never_reads_is_cut_at_the_byte_bound() {
+    const BOUND: usize = 1024 * 1024;
+    // The frame bound is set out of reach: only the byte bound can act.
+    let gw = Gateway::start(&[
+        "--outbound-queue-bytes",
+        &BOUND.to_string(),
+        "--outbound-queue",
+        "100000",
+        // History would hold the last 100 publications (6 MB) whatever the queues do.
+        "--history-size",
+        "0",
+    ]);
+    let mut stuck = gw.connected().await;
+    stuck.subscribe("big").await;
+    let mut healthy = gw.connected().await;
+    healthy.subscribe("big").await;
+    // 320 publications of ~63 KB: 20 MB, far past what the kernel buffers
+    // of a client that stopped reading can absorb.
+    let (n, payload) = (320u64, "x".repeat(63_000));
+    let reader = tokio::spawn(async move {
+        for i in 1..=n {
+            let m = healthy.message().await;
+            assert_eq!(
+                m["offset"], i,
+                "the healthy subscriber gets every message in order"
+            );
+        }
+    });
+    let rss = || async { gw.metric("process_resident_memory_bytes").await };
+    let (rss_before, mut rss_max, mut queued_max) = (rss().await, 0f64, 0f64);
+    for i in 0..n {
+        let (status, body) = gw.publish("big", "blob", json!(payload)).await;
+        assert_eq!(status, 200, "{body}");
+        if i % 8 == 0 {
+            queued_max = queued_max.max(gw.metric("herald_outbound_queued_bytes").await);
+            rss_max = rss_max.max(rss().await);
+        }
+    }
+    reader.await.expect("healthy reader");
+    eventually(
+        "the stuck subscriber is closed as a slow consumer",
+        || async { gw.metric("herald_slow_consumer_disconnects_total").await == 1.0 },
+    )
+    .await;
+    let (_, text) = http_get(gw.admin, "/metrics").await;
+    assert!(
+        text.lines()
+            .any(|l| l == "herald_disconnects_total{code=\"4001\"} 1"),
+        "closed with 4001"
+    );
+    // Both queues together: the stuck one never exceeds the bound, the
+    // healthy one holds at most a few frames at a scrape.
+    assert!(
+        queued_max <= (BOUND + 8 * 64 * 1024) as f64,
+        "queued bytes peaked at {queued_max}"
+    );
+    // Without the byte bound the stuck queue alone would pin ~20 MB.
+    let grew = (rss_max - rss_before) / 1024.0 / 1024.0;
+    eprintln!("resident memory grew by {grew:.1} MiB");
+    assert!(grew < 8.0, "resident memory grew by {grew:.1} MiB");
+    // Cut, it no longer holds anything.
+    eventually("queues drain", || async {
+        gw.metric("herald_outbound_queued_bytes").await == 0.0
+    })
+    .await;
+}

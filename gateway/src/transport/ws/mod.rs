@@ -195,3 +195,76 @@ impl<R: AsyncRead + Unpin> AsyncRead for CancelRead<R> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::tests::ctx_with;
+    use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
+    use serde_json::Value;
+
+    /// A real WebSocket client over an in-memory stream, the server side run by [`run`].
+    fn pair() -> WebSocket<tokio::io::DuplexStream> {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let ctx = ctx_with(crate::config::SessionConfig::default(), None);
+        tokio::spawn(run(server, ctx));
+        WebSocket::after_handshake(client, Role::Client)
+    }
+
+    async fn send(ws: &mut WebSocket<tokio::io::DuplexStream>, text: &str) {
+        let frame = Frame::text(Payload::Owned(text.as_bytes().to_vec()));
+        ws.write_frame(frame).await.expect("send");
+    }
+
+    async fn recv(ws: &mut WebSocket<tokio::io::DuplexStream>) -> Value {
+        let f = ws.read_frame().await.expect("frame");
+        assert_eq!(f.opcode, OpCode::Text);
+        serde_json::from_slice(&f.payload).expect("JSON")
+    }
+
+    #[tokio::test]
+    async fn speaks_protocol_v1_over_any_byte_stream() {
+        let mut ws = pair();
+        send(&mut ws, r#"{"op":"connect","id":1}"#).await;
+        assert_eq!(recv(&mut ws).await["op"], "connected");
+        send(&mut ws, r#"{"op":"subscribe","id":2,"channel":"c"}"#).await;
+        assert_eq!(recv(&mut ws).await["op"], "subscribed");
+        send(
+            &mut ws,
+            r#"{"op":"emit","id":3,"channel":"c","event":"e","data":[1]}"#,
+        )
+        .await;
+        let (a, b) = (recv(&mut ws).await, recv(&mut ws).await);
+        assert_eq!(
+            (a["op"].as_str(), a["data"][0].as_u64()),
+            (Some("message"), Some(1))
+        );
+        assert_eq!(
+            (b["op"].as_str(), b["offset"].as_u64()),
+            (Some("emitted"), Some(1))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_data_frame_inside_a_fragmented_message_fails_the_connection() {
+        let mut ws = pair();
+        let part = |fin, op, s: &str| Frame::new(fin, op, None, Payload::Owned(s.into()));
+        ws.write_frame(part(false, OpCode::Text, r#"{"op":"#))
+            .await
+            .expect("send");
+        ws.write_frame(part(true, OpCode::Text, r#"{"op":"ping"}"#))
+            .await
+            .expect("send");
+        let notice = recv(&mut ws).await;
+        assert_eq!(
+            (notice["op"].as_str(), notice["code"].as_u64()),
+            (Some("disconnect"), Some(4502))
+        );
+        let close = ws.read_frame().await.expect("close frame");
+        assert_eq!(close.opcode, OpCode::Close);
+        assert_eq!(
+            u16::from_be_bytes([close.payload[0], close.payload[1]]),
+            4502
+        );
+    }
+}
