@@ -8,6 +8,13 @@
 //! delivers in one atomic step per channel, so every sink sees a channel's
 //! publications in offset order. Backends: [`memory`] (single node) and
 //! [`redis`] (cluster).
+//!
+//! One concern here is not about publications: [`Broker::shared_secret`].
+//! Reconnect tokens must verify on every node, and when the operator sets
+//! no secret the broker is the only store all nodes of a cluster share, so
+//! it is where they agree on one (`SET NX` on Redis; the embedded broker,
+//! shared with nobody, has none). It belongs to the backend because it needs
+//! the backend's connection, not because brokers know about tokens.
 
 pub(crate) mod memory;
 pub(crate) mod redis;
