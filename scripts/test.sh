@@ -20,8 +20,8 @@ scripts/check-alerts.sh
 echo "==> Helm chart and deploy files"
 scripts/check-deploy.sh
 
-# Bounded fuzzing of the frame reader and command parser (HERALD_FUZZ_SECONDS=0 skips).
-fuzz_secs="${HERALD_FUZZ_SECONDS:-20}"
+# Bounded fuzzing of the frame reader and command parser (FUZZ_SECONDS=0 skips).
+fuzz_secs="${FUZZ_SECONDS:-20}"
 if [ "$fuzz_secs" != 0 ]; then
   scripts/fuzz.sh "$fuzz_secs"
 fi

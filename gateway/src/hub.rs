@@ -98,7 +98,7 @@ impl SessionLink {
     }
 
     /// Queues an encoded reply or notice.
-    pub(crate) fn send_frame(&self, frame: Bytes) -> bool {
+    pub(crate) fn send_frame(&self, frame: Box<[u8]>) -> bool {
         self.send(Outbound::Frame(frame))
     }
 
@@ -480,7 +480,7 @@ mod tests {
     /// Everything queued so far, as the Herald wire would write it.
     fn drain(rx: &mut mpsc::Receiver<Outbound>) -> Vec<Bytes> {
         std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|o| o.encoded(Wire::Herald))
+            .map(|o| Bytes::copy_from_slice(o.encoded(Wire::Herald)))
             .collect()
     }
 
@@ -506,7 +506,7 @@ mod tests {
         let start = hub.activate("c", pos("E", 5), &a);
         assert!(rx.try_recv().is_err(), "held until released");
         hub.publication("c", "E", 8, frame(8));
-        assert!(a.send_frame(Bytes::from(format!("reply {}", start.offset))));
+        assert!(a.send_frame(format!("reply {}", start.offset).into_bytes().into()));
         let replay = Publication::new("E".into(), 5, Bytes::from("replay"));
         hub.release("c", 1, vec![replay]);
         hub.publication("c", "E", 9, frame(9));

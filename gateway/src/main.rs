@@ -1,11 +1,10 @@
 //! `herald`: the gateway binary (`serve`) and operator tools (`publish`).
 
 use anyhow::{Context, bail};
-use clap::{ArgAction, CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use herald::config::{self, Config, Overrides};
 use herald::server::Server;
 use std::io::Write as _;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +28,9 @@ enum Cmd {
     Publish(PublishArgs),
     /// Mint an HS256 connection token with the configured secret (for trying things out).
     Token(TokenArgs),
+    /// Check or show the configuration a node would run with.
+    #[command(subcommand)]
+    Config(ConfigCmd),
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -36,136 +38,25 @@ fn duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Every flag has a `HERALD_*` twin; flags win over env, env over the file.
+/// The settings themselves are declared once, in `config::Overrides`.
 #[derive(clap::Args)]
 struct ServeArgs {
     /// TOML config file.
     #[arg(long, env = "HERALD_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Public listener (WebSocket and demo page) [default: 127.0.0.1:8080].
-    #[arg(long, env = "HERALD_LISTEN", value_name = "ADDR")]
-    listen: Option<SocketAddr>,
-    /// Separate listener for the API, /metrics and probes.
-    #[arg(long, env = "HERALD_ADMIN_LISTEN", value_name = "ADDR")]
-    admin_listen: Option<SocketAddr>,
-    /// Redis URL: makes this node a cluster node.
-    #[arg(long, env = "HERALD_REDIS_URL", value_name = "URL")]
-    redis_url: Option<String>,
-    /// Node id shown to clients [default: random].
-    #[arg(long, env = "HERALD_NODE_ID", value_name = "ID")]
-    node_id: Option<String>,
-    /// Allow open mode (no authentication) on a non-loopback address.
-    #[arg(long, env = "HERALD_ALLOW_OPEN", action = ArgAction::SetTrue)]
-    allow_open: bool,
-    /// Log filter, e.g. `info` or `herald=debug`.
-    #[arg(long, env = "HERALD_LOG", value_name = "FILTER")]
-    log: Option<String>,
-    /// Log line format [default: text].
-    #[arg(long, env = "HERALD_LOG_FORMAT", value_name = "FORMAT")]
-    log_format: Option<config::LogFormat>,
-    /// Window over which clients are told to reconnect on shutdown [default: 10s].
-    #[arg(long, env = "HERALD_DRAIN_TIMEOUT", value_parser = duration, value_name = "DURATION")]
-    drain_timeout: Option<Duration>,
-    /// Close sockets that send no `connect` within this long [default: 10s].
-    #[arg(long, env = "HERALD_CONNECT_TIMEOUT", value_parser = duration, value_name = "DURATION")]
-    connect_timeout: Option<Duration>,
-    /// Server ping period [default: 25s].
-    #[arg(long, env = "HERALD_PING_INTERVAL", value_parser = duration, value_name = "DURATION")]
-    ping_interval: Option<Duration>,
-    /// Time allowed for a pong [default: 10s].
-    #[arg(long, env = "HERALD_PONG_TIMEOUT", value_parser = duration, value_name = "DURATION")]
-    pong_timeout: Option<Duration>,
-    /// Largest `data` payload in bytes [default: 65536].
-    #[arg(long, env = "HERALD_MAX_PAYLOAD", value_name = "BYTES")]
-    max_payload: Option<usize>,
-    /// Outbound frames queued per connection before it is a slow consumer [default: 1024].
-    #[arg(long, env = "HERALD_OUTBOUND_QUEUE", value_name = "FRAMES")]
-    outbound_queue: Option<usize>,
-    /// Outbound bytes queued per connection before it is a slow consumer [default: 2097152].
-    #[arg(long, env = "HERALD_OUTBOUND_QUEUE_BYTES", value_name = "BYTES")]
-    outbound_queue_bytes: Option<usize>,
-    /// Subscriptions allowed per connection [default: 256].
-    #[arg(long, env = "HERALD_MAX_SUBSCRIPTIONS", value_name = "N")]
-    max_subscriptions: Option<usize>,
-    /// Runtime worker threads [default: one per CPU].
-    #[arg(long, env = "HERALD_WORKER_THREADS", value_name = "N")]
-    worker_threads: Option<usize>,
-    /// Publications kept per channel for recovery, 0 = none [default: 100].
-    #[arg(long, env = "HERALD_HISTORY_SIZE", value_name = "N")]
-    history_size: Option<usize>,
-    /// Age beyond which publications are not replayed [default: 5m].
-    #[arg(long, env = "HERALD_HISTORY_TTL", value_parser = duration, value_name = "DURATION")]
-    history_ttl: Option<Duration>,
-    /// Most publications replayed per channel on recovery [default: 1000].
-    #[arg(long, env = "HERALD_RECOVERY_MAX", value_name = "N")]
-    recovery_max: Option<usize>,
-    /// Reconnect-token secret shared by the cluster; repeat (or comma-separate
-    /// in the env) to rotate: the first signs, all verify [default: agreed
-    /// through Redis, or random on a single node].
-    #[arg(
-        long,
-        env = "HERALD_RECONNECT_SECRET",
-        value_name = "SECRET",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    reconnect_secret: Vec<String>,
-    /// WebSocket sessions accepted at once; 0 = no limit but file descriptors [default: 0].
-    #[arg(long, env = "HERALD_MAX_CONNECTIONS", value_name = "N")]
-    max_connections: Option<usize>,
-    /// Browser Origin allowed to connect, e.g. https://app.example.com; repeat
-    /// (or comma-separate in the env) [default: any].
-    #[arg(
-        long,
-        env = "HERALD_ALLOWED_ORIGIN",
-        value_name = "ORIGIN",
-        value_delimiter = ','
-    )]
-    allowed_origin: Vec<String>,
-    /// Sustained client commands per second per connection [default: 100].
-    #[arg(long, env = "HERALD_COMMAND_RATE", value_name = "N")]
-    command_rate: Option<u32>,
-    /// Client commands allowed in a burst [default: 200].
-    #[arg(long, env = "HERALD_COMMAND_BURST", value_name = "N")]
-    command_burst: Option<u32>,
-    /// Key the publish API accepts as `Authorization: Bearer KEY`; repeat (or
-    /// comma-separate in the env) for several [default: none, API open].
-    #[arg(
-        long,
-        env = "HERALD_API_KEY",
-        value_name = "KEY",
-        value_delimiter = ',',
-        hide_env_values = true
-    )]
-    api_key: Vec<String>,
-    /// File of API keys, one per line (`#` comments).
-    #[arg(long, env = "HERALD_API_KEYS_FILE", value_name = "FILE")]
-    api_keys_file: Option<PathBuf>,
-    /// HS256 secret for connection JWTs (at least 32 bytes); turns authentication on.
-    #[arg(
-        long,
-        env = "HERALD_JWT_SECRET",
-        value_name = "SECRET",
-        hide_env_values = true
-    )]
-    jwt_secret: Option<String>,
-    /// PEM public key (RSA or P-256) for RS256/ES256 connection JWTs.
-    #[arg(long, env = "HERALD_JWT_PUBLIC_KEY", value_name = "FILE")]
-    jwt_public_key: Option<PathBuf>,
-    /// JWKS file of public keys, chosen by `kid`, re-read when it changes.
-    #[arg(long, env = "HERALD_JWKS_FILE", value_name = "FILE")]
-    jwks_file: Option<PathBuf>,
-    /// Required `iss` of JWTs.
-    #[arg(long, env = "HERALD_JWT_ISSUER", value_name = "ISS")]
-    jwt_issuer: Option<String>,
-    /// Required `aud` of JWTs.
-    #[arg(long, env = "HERALD_JWT_AUDIENCE", value_name = "AUD")]
-    jwt_audience: Option<String>,
-    /// Connections one user may hold on this node; 0 = no limit [default: 64].
-    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_USER", value_name = "N")]
-    max_connections_per_user: Option<usize>,
-    /// Validity of reconnect tokens [default: 5m].
-    #[arg(long, env = "HERALD_RECONNECT_TTL", value_parser = duration, value_name = "DURATION")]
-    reconnect_ttl: Option<Duration>,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+#[derive(Subcommand)]
+enum ConfigCmd {
+    /// Validate the configuration (file, env and flags together); print every problem.
+    Check(Box<ServeArgs>),
+    /// Print the effective configuration as TOML, secrets redacted.
+    Show(Box<ServeArgs>),
+    /// Print the flags reference table of docs/configuration.md.
+    #[command(hide = true)]
+    Reference,
 }
 
 #[derive(clap::Args)]
@@ -215,10 +106,46 @@ struct PublishArgs {
     api_key: Vec<String>,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// The CLI with each setting's default appended to its help, taken from
+/// the config tree's defaults (so help cannot drift from them).
+fn cli() -> clap::Command {
+    Cli::command().mut_subcommand("serve", |serve| {
+        let mut serve = serve;
+        for s in Overrides::SETTINGS {
+            let default = Config::default_of(s.key).filter(|_| s.unset.is_empty());
+            let shown = default.as_deref().unwrap_or(s.unset);
+            if shown.is_empty() {
+                continue;
+            }
+            serve = serve.mut_arg(s.id, |a| {
+                let help = a.get_help().map(ToString::to_string).unwrap_or_default();
+                a.help(format!("{help} [default: {shown}]"))
+            });
+        }
+        serve
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = match Cli::from_arg_matches(&cli().get_matches()) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            // The message and its causes, never a backtrace: this is an
+            // operator's mistake, not a crash (whatever RUST_BACKTRACE says).
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     rt.enable_all();
+    let ok = std::process::ExitCode::SUCCESS;
     match cli.cmd {
         Cmd::Serve(args) => {
             let cfg = load_config(*args)?;
@@ -226,13 +153,25 @@ fn main() -> anyhow::Result<()> {
                 rt.worker_threads(n);
             }
             let rt = rt.build().context("starting the async runtime")?;
-            rt.block_on(serve(cfg))
+            rt.block_on(serve(cfg)).map(|()| ok)
         }
         Cmd::Publish(args) => {
             let rt = rt.build().context("starting the async runtime")?;
-            rt.block_on(publish(args))
+            rt.block_on(publish(args)).map(|()| ok)
         }
-        Cmd::Token(args) => token(args),
+        Cmd::Token(args) => token(args).map(|()| ok),
+        Cmd::Config(ConfigCmd::Check(args)) => Ok(config_check(*args)),
+        Cmd::Config(ConfigCmd::Show(args)) => {
+            let cfg = merge_config(*args)?;
+            println!("{}", cfg.to_redacted_toml().trim_end());
+            Ok(ok)
+        }
+        Cmd::Config(ConfigCmd::Reference) => {
+            let serve = Cli::command();
+            let serve = serve.find_subcommand("serve").context("serve command")?;
+            print!("{}", config::reference_table(serve));
+            Ok(ok)
+        }
     }
 }
 
@@ -245,8 +184,8 @@ fn known_env() -> Vec<String> {
         .collect()
 }
 
-/// File, then environment, then flags; validated once.
-fn load_config(a: ServeArgs) -> anyhow::Result<Config> {
+/// File, then environment, then flags; not validated yet.
+fn merge_config(a: ServeArgs) -> anyhow::Result<Config> {
     let known = known_env();
     let known: Vec<&str> = known.iter().map(String::as_str).collect();
     config::check_env(std::env::vars().map(|(k, _)| k), &known)?;
@@ -254,43 +193,42 @@ fn load_config(a: ServeArgs) -> anyhow::Result<Config> {
         Some(path) => Config::from_file(path)?,
         None => Config::default(),
     };
-    cfg.apply(Overrides {
-        listen: a.listen,
-        admin_listen: a.admin_listen,
-        redis_url: a.redis_url,
-        node_id: a.node_id,
-        allow_open: a.allow_open,
-        log: a.log,
-        drain_timeout: a.drain_timeout,
-        connect_timeout: a.connect_timeout,
-        ping_interval: a.ping_interval,
-        pong_timeout: a.pong_timeout,
-        max_payload: a.max_payload,
-        outbound_queue: a.outbound_queue,
-        outbound_queue_bytes: a.outbound_queue_bytes,
-        max_subscriptions: a.max_subscriptions,
-        worker_threads: a.worker_threads,
-        history_size: a.history_size,
-        history_ttl: a.history_ttl,
-        recovery_max: a.recovery_max,
-        reconnect_secrets: a.reconnect_secret,
-        reconnect_ttl: a.reconnect_ttl,
-        api_keys: a.api_key,
-        api_keys_file: a.api_keys_file,
-        command_rate: a.command_rate,
-        command_burst: a.command_burst,
-        max_connections: a.max_connections,
-        allowed_origins: a.allowed_origin,
-        jwt_secret: a.jwt_secret,
-        jwt_public_key: a.jwt_public_key,
-        jwks_file: a.jwks_file,
-        jwt_issuer: a.jwt_issuer,
-        jwt_audience: a.jwt_audience,
-        max_connections_per_user: a.max_connections_per_user,
-        log_format: a.log_format,
-    });
+    cfg.apply(a.overrides);
+    Ok(cfg)
+}
+
+/// File, then environment, then flags; validated once.
+fn load_config(a: ServeArgs) -> anyhow::Result<Config> {
+    let cfg = merge_config(a)?;
     cfg.validate()?;
     Ok(cfg)
+}
+
+/// `herald config check`: every problem, by section; non-zero exit if any.
+fn config_check(a: ServeArgs) -> std::process::ExitCode {
+    let problems = match merge_config(a).map(|c| c.validate()) {
+        Ok(Ok(())) => {
+            println!("configuration OK");
+            return std::process::ExitCode::SUCCESS;
+        }
+        Ok(Err(config::ConfigError::Invalid(p))) => p,
+        Ok(Err(e)) => {
+            eprintln!("Error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    eprintln!("{} problem(s) in the configuration:", problems.len());
+    for (section, msgs) in problems.by_section() {
+        eprintln!("[{section}]");
+        for m in msgs {
+            eprintln!("  - {m}");
+        }
+    }
+    std::process::ExitCode::FAILURE
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
@@ -331,9 +269,11 @@ async fn serve(cfg: Config) -> anyhow::Result<()> {
         config::BrokerConfig::Memory(_) => "memory",
         config::BrokerConfig::Redis(_) => "redis",
     };
-    tracing::info!(node = %node_id, %public, admin = ?admin, broker, "herald listening");
-    // One machine-readable line on stdout, for scripts and tests.
+    // The admin routes (API, metrics, probes) are on the admin listener, or
+    // on the public one when there is none; both lines say where.
     let admin_shown = admin.unwrap_or(public);
+    tracing::info!(node = %node_id, %public, admin = %admin_shown, broker, "herald listening");
+    // One machine-readable line on stdout, for scripts and tests.
     // Not println!: a closed stdout (`herald serve | head -1`) must not stop the node.
     let _ = writeln!(
         std::io::stdout(),

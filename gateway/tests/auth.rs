@@ -145,6 +145,7 @@ async fn hs256_connect_tokens_are_checked() {
 async fn herald_token_mints_tokens_the_node_accepts() {
     let gw = hs_node(&[]);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .env_clear()
         .args([
             "token",
             "--sub",
@@ -170,6 +171,7 @@ async fn herald_token_mints_tokens_the_node_accepts() {
         "{r}"
     );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .env_clear()
         .args(["token", "--sub", "alice"])
         .env_remove("HERALD_JWT_SECRET")
         .output()

@@ -89,3 +89,64 @@ fn example_config_in_the_docs_is_accepted() {
         }
     }
 }
+
+/// Runs the `herald` binary with nothing of the caller's environment.
+fn herald(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(args)
+        .env_clear()
+        .output()
+        .expect("run herald");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    text
+}
+
+#[test]
+fn the_flags_table_is_the_one_the_declarations_generate() {
+    let md = doc("configuration.md");
+    let start = md.find("| Flag | Environment |").expect("flags table");
+    let end = md[start..]
+        .find("<!-- end of generated table -->")
+        .expect("end marker")
+        + start;
+    assert_eq!(
+        &md[start..end],
+        herald(&["config", "reference"]),
+        "docs/configuration.md's flags table drifted: paste `herald config reference` over it"
+    );
+}
+
+/// Every `$ herald config …` command, and every `$ herald serve …` shown
+/// failing, in `console` blocks prints exactly the lines that follow it.
+#[test]
+fn documented_commands_print_what_the_docs_show() {
+    let mut ran = 0;
+    for page in ["configuration.md", "security.md"] {
+        let md = doc(page);
+        for block in blocks(&md, "console") {
+            let mut lines = block.lines().peekable();
+            while let Some(line) = lines.next() {
+                let Some(cmd) = line.strip_prefix("$ herald ") else {
+                    continue;
+                };
+                let mut want = Vec::new();
+                while let Some(l) = lines.next_if(|l| !l.starts_with("$ ")) {
+                    want.push(l);
+                }
+                let refusal = want.first().is_some_and(|l| l.starts_with("Error:"));
+                if !(cmd.starts_with("config ") || cmd.starts_with("serve ") && refusal) {
+                    continue;
+                }
+                let args: Vec<&str> = cmd.split_whitespace().collect();
+                assert_eq!(
+                    herald(&args).trim_end(),
+                    want.join("\n"),
+                    "{page}: `herald {cmd}`"
+                );
+                ran += 1;
+            }
+        }
+    }
+    assert!(ran >= 14, "only {ran} documented commands found");
+}

@@ -124,6 +124,7 @@ async fn http_publish_and_broadcast() {
 
     // The CLI goes through the same API.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .env_clear()
         .args(["publish", "a", "cli", r#"{"from":"cli"}"#, "--url"])
         .arg(format!("http://{}", gw.admin))
         .output()
@@ -616,6 +617,7 @@ async fn api_keys_guard_the_publish_api_but_not_probes() {
     );
     let cli = |key: Option<&str>| {
         let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+        c.env_clear();
         c.args(["publish", "k", "e", "2", "--url"])
             .arg(format!("http://{}", gw.admin));
         if let Some(k) = key {

@@ -50,6 +50,7 @@ fn free_port() -> u16 {
 /// Starts a node on a kernel-chosen port; returns it and its base URL.
 fn start_herald(extra: &[&str]) -> (Proc, String) {
     let mut child = Command::new(herald_bin())
+        .env_clear()
         .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn"])
         .args(extra)
         .stdout(Stdio::piped())

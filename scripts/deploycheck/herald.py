@@ -66,9 +66,25 @@ def _key_files(d):
     Path(d, "jwks.json").write_text(json.dumps({"keys": [jwk]}))
 
 
-def pod_env(c, d):
+def service_links(docs):
+    """The variables Kubernetes adds for every Service unless the pod sets
+    `enableServiceLinks: false`; a release named "herald" makes them HERALD_*."""
+    pod = next(d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment")
+    if pod.get("enableServiceLinks") is False:
+        return {}
+    env = {}
+    for svc in (d for d in docs if d["kind"] == "Service"):
+        name = svc["metadata"]["name"].upper().replace("-", "_")
+        port = svc["spec"]["ports"][0]["port"]
+        env[f"{name}_SERVICE_HOST"] = "10.0.0.1"
+        env[f"{name}_SERVICE_PORT"] = str(port)
+        env[f"{name}_PORT"] = f"tcp://10.0.0.1:{port}"
+    return env
+
+
+def pod_env(c, d, links):
     """The container's env as the pod would see it, with local stand-ins."""
-    env = {"RUST_BACKTRACE": "0"}
+    env = {"RUST_BACKTRACE": "0", **links}
     for e in c.get("env", []):
         n, src = e["name"], e.get("valueFrom", {})
         if n == "HERALD_REDIS_URL":
@@ -113,7 +129,7 @@ def pod_starts(ctx, docs, label):
             [ctx.binary, *pod_args(c, d)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env=pod_env(c, d),
+            env=pod_env(c, d, service_links(docs)),
             text=True,
         )
         try:

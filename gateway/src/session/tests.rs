@@ -72,8 +72,7 @@ fn replies(o: &mut Opened) -> Vec<Value> {
     let mut out = Vec::new();
     while let Ok(item) = o.rx.try_recv() {
         o.link.taken(item.size());
-        let bytes = item.encoded(Wire::Herald);
-        out.push(serde_json::from_slice(&bytes).expect("JSON frame"));
+        out.push(serde_json::from_slice(item.encoded(Wire::Herald)).expect("JSON frame"));
     }
     out
 }

@@ -129,8 +129,10 @@ impl Gateway {
     }
 
     pub fn start_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        // Only what the test means the node to see: the node rejects unknown
+        // HERALD_* variables, and the caller's environment is none of its business.
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
-        cmd.arg("serve");
+        cmd.env_clear().arg("serve");
         if !args.contains(&"--listen") && !env.iter().any(|(k, _)| *k == "HERALD_LISTEN") {
             cmd.args(["--listen", "127.0.0.1:0"]);
         }
@@ -182,6 +184,7 @@ impl Gateway {
     /// Runs `herald serve` expecting it to refuse to start; returns its stderr.
     pub fn fail_to_start(args: &[&str], env: &[(&str, &str)]) -> String {
         let out = Command::new(env!("CARGO_BIN_EXE_herald"))
+            .env_clear()
             .arg("serve")
             .args(args)
             .envs(env.iter().copied())

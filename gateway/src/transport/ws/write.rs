@@ -78,7 +78,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 
     /// Queues one item's frame; returns the bytes it counted in the queue.
     fn push(&mut self, item: &Outbound) -> usize {
-        push_frame(&mut self.buf, OpCode::Text, &item.encoded(Wire::Herald));
+        push_frame(&mut self.buf, OpCode::Text, item.encoded(Wire::Herald));
         item.size()
     }
 

@@ -1,11 +1,19 @@
 //! Configuration: one serde tree, read once at start-up.
 //!
 //! A leaf every layer may use. Sources are layered file → `HERALD_*`
-//! environment → command-line flags (flags and their env twins are parsed by
-//! `main.rs` into [`Overrides`]); [`Config::validate`] runs once, and each
-//! module receives only its own sub-struct.
+//! environment → command-line flags. Every setting with a flag is declared
+//! once, in [`flags`] ([`Overrides`]): flag, env twin, help, the key it sets;
+//! its default is the one here. [`Config::validate`] ([`validate`]) runs
+//! once and reports every problem; each module then receives only its own
+//! sub-struct.
 
-use serde::Deserialize;
+mod flags;
+mod validate;
+
+pub use flags::{Overrides, Setting, reference_table};
+pub use validate::Problems;
+
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,11 +31,11 @@ pub enum ConfigError {
     #[error("unknown environment variable {0}: not a Herald setting (see `herald serve --help`)")]
     UnknownEnv(String),
     #[error("invalid configuration: {0}")]
-    Invalid(String),
+    Invalid(Problems),
 }
 
 /// The whole configuration tree.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Shown to clients and in logs; defaults to a random id so two nodes never clash.
@@ -44,6 +52,7 @@ pub struct Config {
     /// Rules for channels outside any configured namespace.
     pub channels: ChannelRuleConfig,
     /// Per-namespace rules: the part of a channel name before its first `:`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub namespaces: BTreeMap<String, ChannelRuleConfig>,
 }
 
@@ -65,7 +74,7 @@ impl Default for Config {
 }
 
 /// How log lines are written to stderr.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -77,7 +86,7 @@ pub enum LogFormat {
 
 /// Connect authentication. With none of `jwt_secret`, `jwt_public_key`,
 /// `jwks_file` set the node runs in open mode (development only).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// HS256 shared secret (at least 32 bytes, as RFC 7518 asks).
@@ -124,7 +133,7 @@ impl AuthConfig {
 }
 
 /// Signature algorithms a key can be pinned to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum JwtAlgorithm {
     HS256,
     RS256,
@@ -132,7 +141,7 @@ pub enum JwtAlgorithm {
 }
 
 /// Who may do what on a set of channels.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ChannelRuleConfig {
     pub subscribe: SubscribeRule,
@@ -146,7 +155,7 @@ pub struct ChannelRuleConfig {
 }
 
 /// Who may subscribe.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SubscribeRule {
     /// Any connected client.
@@ -158,7 +167,7 @@ pub enum SubscribeRule {
 }
 
 /// Listeners and process lifecycle.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Public listener: `/ws` and the demo page (plus the admin routes unless `admin_listen` is set).
@@ -199,7 +208,7 @@ impl Default for ServerConfig {
 }
 
 /// The server publish API.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ApiConfig {
     /// Bearer keys accepted by `/api/v1/*`; none configured = no API auth (development).
@@ -229,7 +238,7 @@ impl ApiConfig {
 }
 
 /// Per-connection behaviour.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
     /// A socket that never says `connect` is closed with 4502 after this long.
@@ -297,7 +306,7 @@ impl SessionConfig {
 }
 
 /// Which broker backend carries publications between nodes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum BrokerConfig {
     /// Single node, nothing else to run.
@@ -306,7 +315,7 @@ pub enum BrokerConfig {
     Redis(RedisConfig),
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MemoryConfig {
     /// A channel nobody subscribes to or publishes on forgets its epoch/offset
@@ -362,16 +371,7 @@ impl BrokerConfig {
         }
     }
 
-    fn set_history(&mut self, size: Option<usize>, ttl: Option<Duration>) {
-        let (s, t) = match self {
-            Self::Memory(m) => (&mut m.history_size, &mut m.history_ttl),
-            Self::Redis(r) => (&mut r.history_size, &mut r.history_ttl),
-        };
-        set(s, size);
-        set(t, ttl);
-    }
-
-    fn state_ttl(&self) -> Duration {
+    pub(crate) fn state_ttl(&self) -> Duration {
         match self {
             Self::Memory(m) => m.state_ttl,
             Self::Redis(r) => r.state_ttl,
@@ -379,7 +379,7 @@ impl BrokerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
     pub url: String,
@@ -408,44 +408,6 @@ impl Default for RedisConfig {
     }
 }
 
-/// Values from flags or their `HERALD_*` env twins; `None` keeps the file's value.
-#[derive(Debug, Default, Clone)]
-pub struct Overrides {
-    pub listen: Option<SocketAddr>,
-    pub admin_listen: Option<SocketAddr>,
-    pub redis_url: Option<String>,
-    pub node_id: Option<String>,
-    pub allow_open: bool,
-    pub log: Option<String>,
-    pub drain_timeout: Option<Duration>,
-    pub connect_timeout: Option<Duration>,
-    pub ping_interval: Option<Duration>,
-    pub pong_timeout: Option<Duration>,
-    pub max_payload: Option<usize>,
-    pub outbound_queue: Option<usize>,
-    pub outbound_queue_bytes: Option<usize>,
-    pub max_subscriptions: Option<usize>,
-    pub worker_threads: Option<usize>,
-    pub history_size: Option<usize>,
-    pub history_ttl: Option<Duration>,
-    pub recovery_max: Option<usize>,
-    pub reconnect_secrets: Vec<String>,
-    pub reconnect_ttl: Option<Duration>,
-    pub api_keys: Vec<String>,
-    pub api_keys_file: Option<PathBuf>,
-    pub command_rate: Option<u32>,
-    pub command_burst: Option<u32>,
-    pub max_connections: Option<usize>,
-    pub allowed_origins: Vec<String>,
-    pub jwt_secret: Option<String>,
-    pub jwt_public_key: Option<PathBuf>,
-    pub jwks_file: Option<PathBuf>,
-    pub jwt_issuer: Option<String>,
-    pub jwt_audience: Option<String>,
-    pub max_connections_per_user: Option<usize>,
-    pub log_format: Option<LogFormat>,
-}
-
 impl Config {
     /// Parses a TOML document; unknown keys are rejected with their name.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
@@ -463,281 +425,19 @@ impl Config {
         Self::from_toml(&text, path)
     }
 
-    /// Layers flag/env values over the file's.
-    pub fn apply(&mut self, o: Overrides) {
-        set(&mut self.server.listen, o.listen);
-        set(&mut self.server.admin_listen, o.admin_listen.map(Some));
-        if let Some(url) = o.redis_url {
-            match &mut self.broker {
-                BrokerConfig::Redis(r) => r.url = url,
-                BrokerConfig::Memory(_) => {
-                    self.broker = BrokerConfig::Redis(RedisConfig {
-                        url,
-                        ..RedisConfig::default()
-                    })
-                }
-            }
+    /// The configuration as a TOML file would say it, secrets replaced by
+    /// `"<redacted>"` (for `herald config show`).
+    pub fn to_redacted_toml(&self) -> String {
+        let mut c = self.clone();
+        let hide = |s: &mut String| *s = REDACTED.to_owned();
+        c.auth.jwt_secret.as_mut().map(hide);
+        c.session.reconnect_secrets.iter_mut().for_each(hide);
+        c.api.keys.iter_mut().for_each(hide);
+        if let BrokerConfig::Redis(r) = &mut c.broker {
+            r.url = redact_url_password(&r.url);
         }
-        set(&mut self.node_id, o.node_id.map(Some));
-        if o.allow_open {
-            self.server.allow_open = true;
-        }
-        set(&mut self.log, o.log);
-        set(&mut self.log_format, o.log_format);
-        set(&mut self.server.drain_timeout, o.drain_timeout);
-        set(&mut self.server.worker_threads, o.worker_threads.map(Some));
-        set(&mut self.server.max_connections, o.max_connections);
-        if !o.allowed_origins.is_empty() {
-            self.server.allowed_origins = o.allowed_origins;
-        }
-        self.broker.set_history(o.history_size, o.history_ttl);
-        if !o.api_keys.is_empty() {
-            self.api.keys = o.api_keys;
-        }
-        set(&mut self.api.keys_file, o.api_keys_file.map(Some));
-        let s = &mut self.session;
-        set(&mut s.connect_timeout, o.connect_timeout);
-        set(&mut s.ping_interval, o.ping_interval);
-        set(&mut s.pong_timeout, o.pong_timeout);
-        set(&mut s.max_payload, o.max_payload);
-        set(&mut s.outbound_queue, o.outbound_queue);
-        set(&mut s.outbound_queue_bytes, o.outbound_queue_bytes);
-        set(&mut s.max_subscriptions, o.max_subscriptions);
-        set(&mut s.recovery_max, o.recovery_max);
-        set(&mut s.command_rate, o.command_rate);
-        set(&mut s.command_burst, o.command_burst);
-        if !o.reconnect_secrets.is_empty() {
-            s.reconnect_secrets = o.reconnect_secrets;
-        }
-        set(&mut s.reconnect_ttl, o.reconnect_ttl);
-        let a = &mut self.auth;
-        set(&mut a.jwt_secret, o.jwt_secret.map(Some));
-        set(&mut a.jwt_public_key, o.jwt_public_key.map(Some));
-        set(&mut a.jwks_file, o.jwks_file.map(Some));
-        set(&mut a.issuer, o.jwt_issuer.map(Some));
-        set(&mut a.audience, o.jwt_audience.map(Some));
-        set(&mut a.max_connections_per_user, o.max_connections_per_user);
-    }
-
-    /// Checks cross-field rules once, before anything listens.
-    ///
-    /// Open mode: no connect authentication configured.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let open_mode = !self.auth.enabled();
-        let bad = |m: String| Err(ConfigError::Invalid(m));
-        let a = &self.auth;
-        let sources = [
-            a.jwt_secret.is_some(),
-            a.jwt_public_key.is_some(),
-            a.jwks_file.is_some(),
-        ];
-        if sources.iter().filter(|s| **s).count() > 1 {
-            return bad(
-                "auth: set only one of jwt_secret, jwt_public_key and jwks_file".to_owned(),
-            );
-        }
-        if let Some(s) = &a.jwt_secret {
-            if s.len() < 32 {
-                return bad(format!(
-                    "auth.jwt_secret needs at least 32 bytes for HS256, got {}",
-                    s.len()
-                ));
-            }
-        }
-        match a.jwt_algorithm {
-            Some(JwtAlgorithm::HS256) if a.jwt_secret.is_none() => {
-                return bad("auth.jwt_algorithm = \"HS256\" needs auth.jwt_secret".to_owned());
-            }
-            Some(alg @ (JwtAlgorithm::RS256 | JwtAlgorithm::ES256))
-                if a.jwt_public_key.is_none() && a.jwks_file.is_none() =>
-            {
-                return bad(format!(
-                    "auth.jwt_algorithm = \"{alg:?}\" needs auth.jwt_public_key or auth.jwks_file"
-                ));
-            }
-            _ => {}
-        }
-        if a.leeway > Duration::from_secs(300) {
-            return bad(format!(
-                "auth.leeway must be at most 5m, got {:?}",
-                a.leeway
-            ));
-        }
-        let state_ttl = self.broker.state_ttl();
-        let rules = std::iter::once(("channels".to_owned(), &self.channels)).chain(
-            self.namespaces
-                .iter()
-                .map(|(n, r)| (format!("namespaces.{n}"), r)),
-        );
-        for (name, r) in rules {
-            if r.history_size.is_some_and(|n| n > 100_000) {
-                return bad(format!("{name}.history_size must be at most 100000"));
-            }
-            if r.history_ttl
-                .is_some_and(|t| t < Duration::from_secs(1) || t > state_ttl)
-            {
-                return bad(format!(
-                    "{name}.history_ttl must be between 1s and broker.state_ttl ({state_ttl:?})"
-                ));
-            }
-        }
-        for ns in self.namespaces.keys() {
-            if ns.is_empty()
-                || ns.len() > 64
-                || !ns
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
-            {
-                return bad(format!(
-                    "namespace name {ns:?}: use 1-64 of a-z A-Z 0-9 _ - ."
-                ));
-            }
-        }
-        let s = &self.session;
-        for (name, d) in [
-            ("session.connect_timeout", s.connect_timeout),
-            ("session.ping_interval", s.ping_interval),
-            ("session.pong_timeout", s.pong_timeout),
-            ("session.close_timeout", s.close_timeout),
-        ] {
-            if d.is_zero() {
-                return bad(format!("{name} must be greater than zero"));
-            }
-        }
-        if s.max_payload == 0 || s.max_payload > 16 * 1024 * 1024 {
-            return bad(format!(
-                "session.max_payload must be between 1 and 16777216 bytes, got {}",
-                s.max_payload
-            ));
-        }
-        if s.outbound_queue < 8 {
-            return bad(format!(
-                "session.outbound_queue must be at least 8, got {}",
-                s.outbound_queue
-            ));
-        }
-        if s.outbound_queue_bytes < 2 * s.max_frame() {
-            return bad(format!(
-                "session.outbound_queue_bytes must hold two of the largest frames \
-                 (2 × (max_payload + 4096) = {}), got {}",
-                2 * s.max_frame(),
-                s.outbound_queue_bytes
-            ));
-        }
-        if let Some(n) = self.server.worker_threads {
-            if n == 0 || n > 1024 {
-                return bad(format!("server.worker_threads must be 1 to 1024, got {n}"));
-            }
-        }
-        if let Some(short) = s.reconnect_secrets.iter().find(|k| k.len() < 16) {
-            return bad(format!(
-                "session.reconnect_secrets: each secret needs at least 16 bytes, one has {}",
-                short.len()
-            ));
-        }
-        if s.command_rate == 0 || s.command_burst == 0 {
-            return bad(
-                "session.command_rate and session.command_burst must be at least 1".to_owned(),
-            );
-        }
-        if s.reconnect_ttl < Duration::from_secs(1) {
-            return bad("session.reconnect_ttl must be at least 1s".to_owned());
-        }
-        if s.max_subscriptions == 0 {
-            return bad("session.max_subscriptions must be at least 1".to_owned());
-        }
-        if let Some(id) = &self.node_id {
-            if id.is_empty() || id.len() > 64 || id.chars().any(|c| c.is_whitespace()) {
-                return bad(format!(
-                    "node_id must be 1-64 bytes without whitespace, got {id:?}"
-                ));
-            }
-        }
-        match &self.broker {
-            BrokerConfig::Redis(r) => {
-                if r.url.starts_with("rediss://") {
-                    return bad(
-                        "broker.url: TLS (rediss://) is not supported by this build; \
-                         reach Redis over a private network or a TLS sidecar"
-                            .to_owned(),
-                    );
-                }
-                if !(r.url.starts_with("redis://")
-                    || r.url.starts_with("redis+unix://")
-                    || r.url.starts_with("unix://"))
-                {
-                    return bad(format!(
-                        "broker.url must start with redis:// (got {:?})",
-                        r.url
-                    ));
-                }
-                if r.timeout.is_zero() {
-                    return bad("broker.timeout must be greater than zero".to_owned());
-                }
-                if r.state_ttl < Duration::from_secs(1) {
-                    return bad("broker.state_ttl must be at least 1s".to_owned());
-                }
-            }
-            BrokerConfig::Memory(m) => {
-                if m.state_ttl < Duration::from_secs(1) {
-                    return bad("broker.state_ttl must be at least 1s".to_owned());
-                }
-            }
-        }
-        let h = self.broker.history();
-        if h.size > 100_000 {
-            return bad(format!(
-                "broker.history_size must be at most 100000, got {}",
-                h.size
-            ));
-        }
-        if h.size > 0 && (h.ttl < Duration::from_secs(1) || h.ttl > self.broker.state_ttl()) {
-            return bad(format!(
-                "broker.history_ttl must be between 1s and broker.state_ttl ({:?}), got {:?}",
-                self.broker.state_ttl(),
-                h.ttl
-            ));
-        }
-        let api_keys = self.api.all_keys()?;
-        if let Some(short) = api_keys.iter().find(|k| k.len() < 16) {
-            return bad(format!(
-                "api keys need at least 16 bytes each, one has {}",
-                short.len()
-            ));
-        }
-        if open_mode && !self.server.allow_open {
-            // The admin listener is fine anywhere once the API needs keys
-            // (its probes and metrics are meant to be scraped).
-            let admin = self.server.admin_listen.filter(|_| api_keys.is_empty());
-            let exposed = std::iter::once(self.server.listen)
-                .chain(admin)
-                .find(|a| !a.ip().is_loopback());
-            if let Some(addr) = exposed {
-                return bad(format!(
-                    "refusing to run without authentication on non-loopback address {addr}; \
-                     pass --allow-open (HERALD_ALLOW_OPEN=true) if you really mean it"
-                ));
-            }
-        }
-        // With client auth on, the publish API must not be left open to the network either.
-        let api_addr = self.server.admin_listen.unwrap_or(self.server.listen);
-        if !open_mode
-            && api_keys.is_empty()
-            && !self.server.allow_open
-            && !api_addr.ip().is_loopback()
-        {
-            return bad(format!(
-                "the publish API listens on non-loopback address {api_addr} without API keys; \
-                 set --api-key/--api-keys-file, move it with --admin-listen to a loopback \
-                 address, or pass --allow-open if the network is trusted"
-            ));
-        }
-        if let Some(admin) = self.server.admin_listen {
-            if admin == self.server.listen {
-                return bad("server.admin_listen must differ from server.listen".to_owned());
-            }
-        }
-        Ok(())
+        // Serializing this tree of plain values cannot fail.
+        toml::to_string(&c).unwrap_or_default()
     }
 
     /// The rules for channels in namespace `ns` (or outside any: `None`).
@@ -747,10 +447,19 @@ impl Config {
     }
 }
 
-/// Overwrites `slot` when a flag or env value was given.
-fn set<T>(slot: &mut T, value: Option<T>) {
-    if let Some(v) = value {
-        *slot = v;
+const REDACTED: &str = "<redacted>";
+
+/// `redis://user:secret@host` → `redis://user:<redacted>@host`.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let Some((userinfo, host)) = rest.rsplit_once('@') else {
+        return url.to_owned();
+    };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:{REDACTED}@{host}"),
+        None => url.to_owned(),
     }
 }
 
@@ -766,8 +475,12 @@ pub fn check_env(vars: impl Iterator<Item = String>, known: &[&str]) -> Result<(
 
 /// Durations written as humane strings: `"10s"`, `"250ms"`, `"5m"`.
 mod duration_str {
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
     use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let s = String::deserialize(d)?;
@@ -778,8 +491,15 @@ mod duration_str {
 
 /// Optional humane durations.
 mod opt_duration_str {
-    use serde::Deserializer;
+    use serde::{Deserializer, Serializer};
     use std::time::Duration;
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => super::duration_str::serialize(d, s),
+            None => s.serialize_none(),
+        }
+    }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
@@ -848,6 +568,29 @@ mod tests {
         c.server.admin_listen = Some("127.0.0.1:9090".parse().expect("addr"));
         c.validate()
             .expect("API on loopback, clients authenticated");
+    }
+
+    #[test]
+    fn shown_config_hides_secrets_and_reads_back() {
+        let mut c = Config::default();
+        c.auth.jwt_secret = Some("an-hs256-secret-of-at-least-32-bytes!!".into());
+        c.api.keys = vec!["a-key-of-sixteen-bytes".into()];
+        c.session.reconnect_secrets = vec!["sixteen-byte-secret".into()];
+        c.broker = BrokerConfig::Redis(RedisConfig {
+            url: "redis://app:hunter2@redis:6379/0".into(),
+            ..RedisConfig::default()
+        });
+        let shown = c.to_redacted_toml();
+        for secret in ["an-hs256", "a-key-of", "sixteen-byte", "hunter2"] {
+            assert!(!shown.contains(secret), "{secret} leaked:\n{shown}");
+        }
+        assert!(
+            shown.contains("redis://app:<redacted>@redis:6379/0"),
+            "{shown}"
+        );
+        let back = Config::from_toml(&shown, Path::new("shown.toml")).expect("reads back");
+        assert_eq!(back.session.ping_interval, c.session.ping_interval);
+        assert_eq!(back.broker.history(), c.broker.history());
     }
 
     #[test]

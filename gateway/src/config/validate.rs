@@ -1,0 +1,363 @@
+//! Validation: the rules no single field can state, checked once at start-up
+//! (and by `herald config check`). Every problem is collected, so an
+//! operator fixes them all in one go, and they are reported by section.
+
+use super::{BrokerConfig, Config, ConfigError, JwtAlgorithm};
+use std::fmt;
+use std::time::Duration;
+
+/// Every problem found, each with the config section it concerns.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Problems(Vec<(&'static str, String)>);
+
+impl Problems {
+    fn add(&mut self, section: &'static str, message: impl Into<String>) {
+        self.0.push((section, message.into()));
+    }
+
+    /// Adds `message` unless `ok`.
+    fn check(&mut self, ok: bool, section: &'static str, message: impl FnOnce() -> String) {
+        if !ok {
+            self.add(section, message());
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// The messages, grouped by section (in a stable order).
+    pub fn by_section(&self) -> Vec<(&'static str, Vec<&str>)> {
+        let mut out: Vec<(&'static str, Vec<&str>)> = Vec::new();
+        for (section, msg) in &self.0 {
+            match out.iter_mut().find(|(s, _)| s == section) {
+                Some((_, msgs)) => msgs.push(msg),
+                None => out.push((section, vec![msg])),
+            }
+        }
+        out.sort_by_key(|(s, _)| *s);
+        out
+    }
+}
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let [(section, msg)] = self.0.as_slice() {
+            return write!(f, "[{section}] {msg}");
+        }
+        write!(f, "{} problems:", self.0.len())?;
+        for (section, msgs) in self.by_section() {
+            write!(f, "\n  [{section}]")?;
+            for m in msgs {
+                write!(f, "\n    - {m}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Checks every cross-field rule once, before anything listens, and
+    /// reports all problems found.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut p = Problems::default();
+        self.check_auth(&mut p);
+        self.check_channels(&mut p);
+        self.check_session(&mut p);
+        self.check_broker(&mut p);
+        self.check_exposure(&mut p);
+        if let Some(n) = self.server.worker_threads {
+            p.check((1..=1024).contains(&n), "server", || {
+                format!("server.worker_threads must be 1 to 1024, got {n}")
+            });
+        }
+        if let Some(id) = &self.node_id {
+            let ok = !id.is_empty() && id.len() <= 64 && !id.chars().any(char::is_whitespace);
+            p.check(ok, "node_id", || {
+                format!("node_id must be 1-64 bytes without whitespace, got {id:?}")
+            });
+        }
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(p))
+        }
+    }
+
+    fn check_auth(&self, p: &mut Problems) {
+        let a = &self.auth;
+        let sources = [
+            a.jwt_secret.is_some(),
+            a.jwt_public_key.is_some(),
+            a.jwks_file.is_some(),
+        ];
+        p.check(sources.iter().filter(|s| **s).count() <= 1, "auth", || {
+            "auth: set only one of jwt_secret, jwt_public_key and jwks_file".to_owned()
+        });
+        if let Some(s) = &a.jwt_secret {
+            p.check(s.len() >= 32, "auth", || {
+                format!(
+                    "auth.jwt_secret needs at least 32 bytes for HS256, got {}",
+                    s.len()
+                )
+            });
+        }
+        match a.jwt_algorithm {
+            Some(JwtAlgorithm::HS256) if a.jwt_secret.is_none() => {
+                p.add(
+                    "auth",
+                    "auth.jwt_algorithm = \"HS256\" needs auth.jwt_secret",
+                );
+            }
+            Some(alg @ (JwtAlgorithm::RS256 | JwtAlgorithm::ES256))
+                if a.jwt_public_key.is_none() && a.jwks_file.is_none() =>
+            {
+                p.add(
+                    "auth",
+                    format!(
+                        "auth.jwt_algorithm = \"{alg:?}\" needs auth.jwt_public_key or auth.jwks_file"
+                    ),
+                );
+            }
+            _ => {}
+        }
+        p.check(a.leeway <= Duration::from_secs(300), "auth", || {
+            format!("auth.leeway must be at most 5m, got {:?}", a.leeway)
+        });
+    }
+
+    fn check_channels(&self, p: &mut Problems) {
+        let state_ttl = self.broker.state_ttl();
+        let rules = std::iter::once(("channels".to_owned(), &self.channels)).chain(
+            self.namespaces
+                .iter()
+                .map(|(n, r)| (format!("namespaces.{n}"), r)),
+        );
+        for (name, r) in rules {
+            let section = if name == "channels" {
+                "channels"
+            } else {
+                "namespaces"
+            };
+            p.check(r.history_size.is_none_or(|n| n <= 100_000), section, || {
+                format!("{name}.history_size must be at most 100000")
+            });
+            let ttl_ok = r
+                .history_ttl
+                .is_none_or(|t| t >= Duration::from_secs(1) && t <= state_ttl);
+            p.check(ttl_ok, section, || {
+                format!(
+                    "{name}.history_ttl must be between 1s and broker.state_ttl ({state_ttl:?})"
+                )
+            });
+        }
+        for ns in self.namespaces.keys() {
+            let ok = !ns.is_empty()
+                && ns.len() <= 64
+                && ns
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            p.check(ok, "namespaces", || {
+                format!("namespace name {ns:?}: use 1-64 of a-z A-Z 0-9 _ - .")
+            });
+        }
+    }
+
+    fn check_session(&self, p: &mut Problems) {
+        let s = &self.session;
+        for (name, d) in [
+            ("session.connect_timeout", s.connect_timeout),
+            ("session.ping_interval", s.ping_interval),
+            ("session.pong_timeout", s.pong_timeout),
+            ("session.close_timeout", s.close_timeout),
+        ] {
+            p.check(!d.is_zero(), "session", || {
+                format!("{name} must be greater than zero")
+            });
+        }
+        p.check(
+            (1..=16 * 1024 * 1024).contains(&s.max_payload),
+            "session",
+            || {
+                format!(
+                    "session.max_payload must be between 1 and 16777216 bytes, got {}",
+                    s.max_payload
+                )
+            },
+        );
+        p.check(s.outbound_queue >= 8, "session", || {
+            format!(
+                "session.outbound_queue must be at least 8, got {}",
+                s.outbound_queue
+            )
+        });
+        p.check(
+            s.outbound_queue_bytes >= 2 * s.max_frame(),
+            "session",
+            || {
+                format!(
+                    "session.outbound_queue_bytes must hold two of the largest frames \
+                 (2 × (max_payload + 4096) = {}), got {}",
+                    2 * s.max_frame(),
+                    s.outbound_queue_bytes
+                )
+            },
+        );
+        if let Some(short) = s.reconnect_secrets.iter().find(|k| k.len() < 16) {
+            p.add(
+                "session",
+                format!(
+                    "session.reconnect_secrets: each secret needs at least 16 bytes, one has {}",
+                    short.len()
+                ),
+            );
+        }
+        p.check(s.command_rate > 0 && s.command_burst > 0, "session", || {
+            "session.command_rate and session.command_burst must be at least 1".to_owned()
+        });
+        p.check(s.reconnect_ttl >= Duration::from_secs(1), "session", || {
+            "session.reconnect_ttl must be at least 1s".to_owned()
+        });
+        p.check(s.max_subscriptions > 0, "session", || {
+            "session.max_subscriptions must be at least 1".to_owned()
+        });
+    }
+
+    fn check_broker(&self, p: &mut Problems) {
+        let state_ttl = self.broker.state_ttl();
+        if let BrokerConfig::Redis(r) = &self.broker {
+            if r.url.starts_with("rediss://") {
+                p.add(
+                    "broker",
+                    "broker.url: TLS (rediss://) is not supported by this build; \
+                     reach Redis over a private network or a TLS sidecar",
+                );
+            } else if !(r.url.starts_with("redis://")
+                || r.url.starts_with("redis+unix://")
+                || r.url.starts_with("unix://"))
+            {
+                p.add(
+                    "broker",
+                    format!("broker.url must start with redis:// (got {:?})", r.url),
+                );
+            }
+            p.check(!r.timeout.is_zero(), "broker", || {
+                "broker.timeout must be greater than zero".to_owned()
+            });
+        }
+        p.check(state_ttl >= Duration::from_secs(1), "broker", || {
+            "broker.state_ttl must be at least 1s".to_owned()
+        });
+        let h = self.broker.history();
+        p.check(h.size <= 100_000, "broker", || {
+            format!("broker.history_size must be at most 100000, got {}", h.size)
+        });
+        let ttl_ok = h.size == 0 || (h.ttl >= Duration::from_secs(1) && h.ttl <= state_ttl);
+        p.check(ttl_ok, "broker", || {
+            format!(
+                "broker.history_ttl must be between 1s and broker.state_ttl ({state_ttl:?}), got {:?}",
+                h.ttl
+            )
+        });
+    }
+
+    /// Who can reach what: open mode and an unkeyed publish API stay on loopback
+    /// unless the operator says otherwise.
+    fn check_exposure(&self, p: &mut Problems) {
+        let api_keys = match self.api.all_keys() {
+            Ok(k) => k,
+            Err(e) => {
+                p.add("api", e.to_string());
+                Vec::new()
+            }
+        };
+        if let Some(short) = api_keys.iter().find(|k| k.len() < 16) {
+            p.add(
+                "api",
+                format!(
+                    "api keys need at least 16 bytes each, one has {}",
+                    short.len()
+                ),
+            );
+        }
+        let srv = &self.server;
+        let open_mode = !self.auth.enabled();
+        if open_mode && !srv.allow_open {
+            // The admin listener is fine anywhere once the API needs keys
+            // (its probes and metrics are meant to be scraped).
+            let admin = srv.admin_listen.filter(|_| api_keys.is_empty());
+            let exposed = std::iter::once(srv.listen)
+                .chain(admin)
+                .find(|a| !a.ip().is_loopback());
+            if let Some(addr) = exposed {
+                p.add(
+                    "server",
+                    format!(
+                        "refusing to run without authentication on non-loopback address {addr}; \
+                         pass --allow-open (HERALD_ALLOW_OPEN=true) if you really mean it"
+                    ),
+                );
+            }
+        }
+        // With client auth on, the publish API must not be left open to the network either.
+        let api_addr = srv.admin_listen.unwrap_or(srv.listen);
+        if !open_mode && api_keys.is_empty() && !srv.allow_open && !api_addr.ip().is_loopback() {
+            p.add(
+                "api",
+                format!(
+                    "the publish API listens on non-loopback address {api_addr} without API keys; \
+                     set --api-key/--api-keys-file, move it with --admin-listen to a loopback \
+                     address, or pass --allow-open if the network is trusted"
+                ),
+            );
+        }
+        p.check(srv.admin_listen != Some(srv.listen), "server", || {
+            "server.admin_listen must differ from server.listen".to_owned()
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported_at_once_by_section() {
+        let mut c = Config::default();
+        c.session.outbound_queue = 4;
+        c.session.ping_interval = Duration::ZERO;
+        c.auth.jwt_secret = Some("short".into());
+        c.server.worker_threads = Some(0);
+        let Err(ConfigError::Invalid(p)) = c.validate() else {
+            panic!("invalid");
+        };
+        assert_eq!(p.len(), 4, "{p}");
+        let sections: Vec<&str> = p.by_section().iter().map(|(s, _)| *s).collect();
+        assert_eq!(sections, ["auth", "server", "session"]);
+        let text = p.to_string();
+        assert!(text.starts_with("4 problems:"), "{text}");
+        assert!(
+            text.contains("session.outbound_queue must be at least 8, got 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("session.ping_interval must be greater than zero"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn one_problem_reads_as_one_line() {
+        let mut c = Config::default();
+        c.session.max_subscriptions = 0;
+        let err = c.validate().expect_err("invalid").to_string();
+        assert_eq!(
+            err,
+            "invalid configuration: [session] session.max_subscriptions must be at least 1"
+        );
+    }
+}
