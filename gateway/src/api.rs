@@ -6,7 +6,7 @@
 //! `{"error":{"code","message"}}` via [`ApiError`].
 
 use crate::broker::BrokerError;
-use crate::metrics::metrics;
+use crate::metrics::{ApiRoute, metrics};
 use crate::node::{Node, Source};
 use axum::Json;
 use axum::body::Body;
@@ -177,14 +177,8 @@ fn check_data(data: &RawValue, max: usize) -> Result<(), ApiError> {
     herald_proto::validate_data_depth(data.get()).map_err(ApiError::BadRequest)
 }
 
-fn record(route: &'static str, status: StatusCode, started: std::time::Instant) {
-    let m = metrics();
-    m.api_requests
-        .with_label_values(&[route, status.as_str()])
-        .inc();
-    m.api_duration
-        .with_label_values(&[route, status.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+fn record(route: ApiRoute, status: StatusCode, started: std::time::Instant) {
+    metrics().api(route, status.as_u16(), started.elapsed());
 }
 
 /// A span for one API request, continuing the caller's W3C trace if any.
@@ -215,7 +209,7 @@ pub(crate) async fn publish(
         Ok(p) => Json(p).into_response(),
         Err(e) => e.into_response(),
     };
-    record("publish", resp.status(), started);
+    record(ApiRoute::Publish, resp.status(), started);
     span.record("status", resp.status().as_u16());
     resp
 }
@@ -255,7 +249,7 @@ pub(crate) async fn broadcast(
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
     };
-    record("broadcast", resp.status(), started);
+    record(ApiRoute::Broadcast, resp.status(), started);
     span.record("status", resp.status().as_u16());
     resp
 }

@@ -8,6 +8,7 @@
 //! A JWKS file is re-read when its modification time or size changes.
 
 use crate::config::{AuthConfig, JwtAlgorithm};
+use crate::metrics::AuthFailure;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -51,20 +52,22 @@ pub enum AuthError {
 
 impl AuthError {
     /// Low-cardinality metric label.
-    pub(crate) fn label(&self) -> &'static str {
+    pub(crate) fn failure(&self) -> AuthFailure {
         match self {
-            Self::Missing => "missing",
-            Self::Malformed(_) => "malformed",
-            Self::WrongAlgorithm => "wrong_algorithm",
-            Self::BadSignature => "bad_signature",
-            Self::UnknownKey => "unknown_key",
-            Self::Expired => "expired",
-            Self::NotYetValid => "not_yet_valid",
-            Self::WrongIssuer => "wrong_issuer",
-            Self::WrongAudience => "wrong_audience",
-            Self::MissingClaim(_) => "missing_claim",
-            Self::SubscribeTokenAtConnect | Self::WrongChannel | Self::WrongUser => "wrong_claims",
-            Self::NotConfigured => "not_configured",
+            Self::Missing => AuthFailure::Missing,
+            Self::Malformed(_) => AuthFailure::Malformed,
+            Self::WrongAlgorithm => AuthFailure::WrongAlgorithm,
+            Self::BadSignature => AuthFailure::BadSignature,
+            Self::UnknownKey => AuthFailure::UnknownKey,
+            Self::Expired => AuthFailure::Expired,
+            Self::NotYetValid => AuthFailure::NotYetValid,
+            Self::WrongIssuer => AuthFailure::WrongIssuer,
+            Self::WrongAudience => AuthFailure::WrongAudience,
+            Self::MissingClaim(_) => AuthFailure::MissingClaim,
+            Self::SubscribeTokenAtConnect | Self::WrongChannel | Self::WrongUser => {
+                AuthFailure::WrongClaims
+            }
+            Self::NotConfigured => AuthFailure::NotConfigured,
         }
     }
 }
@@ -333,20 +336,14 @@ impl JwksFile {
                 match load_jwks(&self.path, self.pin) {
                     Ok((keys, stamp)) => {
                         tracing::info!(path = %self.path.display(), keys = keys.len(), "JWKS reloaded");
-                        crate::metrics::metrics()
-                            .jwks_reloads
-                            .with_label_values(&["ok"])
-                            .inc();
+                        crate::metrics::metrics().jwks_reload(crate::metrics::Reload::Ok);
                         st.keys = Arc::new(keys);
                         st.stamp = stamp;
                     }
                     Err(e) => {
                         // Keep the last good keys; a half-written file must not lock everyone out.
                         tracing::warn!(error = %e, "JWKS reload failed; keeping the previous keys");
-                        crate::metrics::metrics()
-                            .jwks_reloads
-                            .with_label_values(&["failed"])
-                            .inc();
+                        crate::metrics::metrics().jwks_reload(crate::metrics::Reload::Failed);
                         st.stamp = stamp(&self.path);
                     }
                 }

@@ -47,11 +47,13 @@ impl Denied {
         }
     }
 
-    pub(crate) fn label(self) -> &'static str {
+    /// The metric label.
+    pub(crate) fn reason(self) -> crate::metrics::DenialReason {
+        use crate::metrics::DenialReason;
         match self {
-            Self::NotYourChannel => "user_channel",
-            Self::NotGranted => "not_granted",
-            Self::EmitDisabled => "emit_disabled",
+            Self::NotYourChannel => DenialReason::UserChannel,
+            Self::NotGranted => DenialReason::NotGranted,
+            Self::EmitDisabled => DenialReason::EmitDisabled,
         }
     }
 }

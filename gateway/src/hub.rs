@@ -14,7 +14,7 @@
 //! may have been missed.
 
 use crate::broker::{Position, Sink};
-use crate::metrics::metrics;
+use crate::metrics::{Label, ResetReason, metrics};
 use crate::publication::{Outbound, Publication};
 use crate::signal::Signal;
 use bytes::Bytes;
@@ -359,7 +359,7 @@ impl Hub {
             // The channel's state was lost and restarted: whatever subscribers
             // knew no longer lines up.
             let epoch = Arc::clone(&p.epoch);
-            Self::reset(ch, epoch, offset, "epoch_changed");
+            Self::reset(ch, epoch, offset, ResetReason::EpochChanged);
             return;
         }
         if offset <= pos.offset {
@@ -368,7 +368,7 @@ impl Hub {
         }
         if offset != pos.offset + 1 {
             let epoch = Arc::clone(&p.epoch);
-            Self::reset(ch, epoch, offset, "gap");
+            Self::reset(ch, epoch, offset, ResetReason::Gap);
             return;
         }
         pos.offset = offset;
@@ -402,13 +402,13 @@ impl Hub {
 
     /// Closes every local subscriber of the channel with 4004 and restarts
     /// tracking from the given position.
-    fn reset(ch: &mut Channel, epoch: Arc<str>, offset: u64, reason: &'static str) {
+    fn reset(ch: &mut Channel, epoch: Arc<str>, offset: u64, reason: ResetReason) {
         tracing::warn!(
-            reason,
+            reason = reason.label(),
             subscribers = ch.subs.len(),
             "channel continuity lost; closing its subscribers with 4004"
         );
-        metrics().state_resets.with_label_values(&[reason]).inc();
+        metrics().state_reset(reason);
         for s in &ch.subs {
             s.link.close(CloseCode::InsufficientState);
         }
@@ -454,13 +454,18 @@ impl Sink for Hub {
             return;
         };
         if pos.epoch != now.epoch {
-            Self::reset(ch, Arc::clone(&now.epoch), now.offset, "epoch_changed");
+            Self::reset(
+                ch,
+                Arc::clone(&now.epoch),
+                now.offset,
+                ResetReason::EpochChanged,
+            );
         } else if now.offset > pos.offset {
             Self::reset(
                 ch,
                 Arc::clone(&now.epoch),
                 now.offset,
-                "missed_while_disconnected",
+                ResetReason::MissedWhileDisconnected,
             );
         }
     }

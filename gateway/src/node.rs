@@ -10,28 +10,13 @@
 use crate::broker::{Broker, BrokerError, History, Position};
 use crate::channels::Rules;
 use crate::hub::{Hub, Leave, SessionLink};
-use crate::metrics::metrics;
+pub(crate) use crate::metrics::Source;
+use crate::metrics::{BrokerOp, Label, metrics};
 use crate::publication::Publication;
 use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::OwnedMutexGuard;
-
-/// Who published, for the `source` metric label.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Source {
-    Api,
-    Client,
-}
-
-impl Source {
-    fn label(self) -> &'static str {
-        match self {
-            Self::Api => "api",
-            Self::Client => "client",
-        }
-    }
-}
 
 pub(crate) struct Node {
     pub(crate) id: String,
@@ -127,11 +112,7 @@ impl Node {
             Ok(pos) => Ok(self.hub.activate(channel, pos, link)),
             Err(e) => {
                 self.hub.abort(channel);
-                metrics()
-                    .broker_errors
-                    .with_label_values(&["subscribe"])
-                    .inc();
-                tracing::warn!(error = %e, "broker subscribe failed");
+                metrics().broker_failure(BrokerOp::Subscribe, &e);
                 Err(e)
             }
         }
@@ -147,13 +128,7 @@ impl Node {
         self.broker
             .history(channel, after, limit, self.rules.history(channel).ttl)
             .await
-            .inspect_err(|e| {
-                metrics()
-                    .broker_errors
-                    .with_label_values(&["history"])
-                    .inc();
-                tracing::warn!(error = %e, "history read failed");
-            })
+            .inspect_err(|e| metrics().broker_failure(BrokerOp::History, e))
     }
 
     /// Removes `session` from `channel`; the last local subscriber out
@@ -162,11 +137,7 @@ impl Node {
         let _guard = self.locks.lock(channel).await;
         if self.hub.leave(channel, session) == Leave::LastOut {
             if let Err(e) = self.broker.unsubscribe(channel).await {
-                metrics()
-                    .broker_errors
-                    .with_label_values(&["unsubscribe"])
-                    .inc();
-                tracing::warn!(error = %e, "broker unsubscribe failed");
+                metrics().broker_failure(BrokerOp::Unsubscribe, &e);
             }
         }
     }
@@ -181,10 +152,7 @@ impl Node {
         source: Source,
     ) -> Result<Position, BrokerError> {
         if !self.broker.is_ready() {
-            metrics()
-                .broker_errors
-                .with_label_values(&["publish"])
-                .inc();
+            metrics().broker_error(BrokerOp::Publish);
             return Err(BrokerError::Unavailable(
                 "broker is not connected".to_owned(),
             ));
@@ -212,11 +180,7 @@ impl Node {
                 Ok(p)
             }
             Err(e) => {
-                metrics()
-                    .broker_errors
-                    .with_label_values(&["publish"])
-                    .inc();
-                tracing::warn!(error = %e, source = source.label(), "publish failed");
+                metrics().broker_failure(BrokerOp::Publish, &e);
                 Err(e)
             }
         }

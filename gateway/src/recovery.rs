@@ -10,33 +10,22 @@ use crate::broker::{History, Position};
 use crate::publication::Publication;
 use std::sync::Arc;
 
-/// Why a recovery was refused; also the metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
-    /// The channel's state was lost since the client's position.
-    EpochChanged,
-    /// The client claims an offset the channel never reached.
-    Ahead,
-    /// More missed publications than `recovery_max`.
-    TooMany,
-    /// History no longer holds part of the range (size or age).
-    Gap,
-    /// History could not be read.
-    Unavailable,
-    /// A resumed channel for which the client gave no position.
-    NoPosition,
-}
-
-impl Refusal {
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::EpochChanged => "epoch_changed",
-            Self::Ahead => "ahead",
-            Self::TooMany => "too_many",
-            Self::Gap => "gap",
-            Self::Unavailable => "unavailable",
-            Self::NoPosition => "no_position",
-        }
+crate::metrics::labels! {
+    /// Why a recovery was refused; also the metric label.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Refusal {
+        /// The channel's state was lost since the client's position.
+        EpochChanged => "epoch_changed",
+        /// The client claims an offset the channel never reached.
+        Ahead => "ahead",
+        /// More missed publications than `recovery_max`.
+        TooMany => "too_many",
+        /// History no longer holds part of the range (size or age).
+        Gap => "gap",
+        /// History could not be read.
+        Unavailable => "unavailable",
+        /// A resumed channel for which the client gave no position.
+        NoPosition => "no_position",
     }
 }
 

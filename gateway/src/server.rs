@@ -17,7 +17,7 @@ use crate::broker::{Broker, BrokerError};
 use crate::channels::Rules;
 use crate::config::{BrokerConfig, Config};
 use crate::hub::Hub;
-use crate::metrics::metrics;
+use crate::metrics::{RefuseReason, metrics};
 use crate::node::Node;
 use crate::session::SessionCtx;
 use crate::signal::Signal;
@@ -267,10 +267,7 @@ async fn ws_upgrade(
     upgrade: Result<IncomingUpgrade, StatusCode>,
 ) -> Response {
     let Ok(upgrade) = upgrade else {
-        metrics()
-            .refused
-            .with_label_values(&["not_websocket"])
-            .inc();
+        metrics().refused(RefuseReason::NotWebsocket);
         return (
             StatusCode::UPGRADE_REQUIRED,
             [
@@ -282,14 +279,14 @@ async fn ws_upgrade(
         )
             .into_response();
     };
-    let refuse = |reason: &'static str, status: StatusCode, text: &'static str| {
-        metrics().refused.with_label_values(&[reason]).inc();
+    let refuse = |reason: RefuseReason, status: StatusCode, text: &'static str| {
+        metrics().refused(reason);
         // A refused upgrade has nothing more to say on this connection.
         (status, [(header::CONNECTION, "close")], text).into_response()
     };
     if st.shutdown.is_cancelled() {
         return refuse(
-            "draining",
+            RefuseReason::Draining,
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting down\n",
         );
@@ -297,13 +294,17 @@ async fn ws_upgrade(
     if let Some(origin) = headers.get(header::ORIGIN) {
         let allowed = &st.limits.allowed_origins;
         if !allowed.is_empty() && !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
-            return refuse("origin", StatusCode::FORBIDDEN, "origin not allowed\n");
+            return refuse(
+                RefuseReason::Origin,
+                StatusCode::FORBIDDEN,
+                "origin not allowed\n",
+            );
         }
     }
     let max = st.limits.max_connections;
     if max > 0 && metrics().connections.get() >= max as i64 {
         return refuse(
-            "max_connections",
+            RefuseReason::MaxConnections,
             StatusCode::SERVICE_UNAVAILABLE,
             "node is full; try another\n",
         );

@@ -22,30 +22,20 @@ use std::time::Duration;
 
 type HmacSha256 = Hmac<Sha256>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub(crate) enum TokenError {
-    #[error("malformed token")]
-    Malformed,
-    #[error("signed with an unknown key")]
-    UnknownKey,
-    #[error("bad signature")]
-    BadSignature,
-    #[error("expired")]
-    Expired,
-    #[error("no signing key yet")]
-    NoKey,
-}
-
-impl TokenError {
-    /// Metric label.
-    pub(crate) fn label(self) -> &'static str {
-        match self {
-            Self::Malformed => "malformed",
-            Self::UnknownKey => "unknown_key",
-            Self::BadSignature => "bad_signature",
-            Self::Expired => "expired",
-            Self::NoKey => "no_key",
-        }
+crate::metrics::labels! {
+    /// Why a reconnect token was refused; also the metric label.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+    pub(crate) enum TokenError {
+        #[error("malformed token")]
+        Malformed => "malformed",
+        #[error("signed with an unknown key")]
+        UnknownKey => "unknown_key",
+        #[error("bad signature")]
+        BadSignature => "bad_signature",
+        #[error("expired")]
+        Expired => "expired",
+        #[error("no signing key yet")]
+        NoKey => "no_key",
     }
 }
 

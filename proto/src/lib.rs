@@ -243,37 +243,44 @@ pub fn fuzz_command(data: &[u8]) {
     }
 }
 
-/// Error codes carried by `{"op":"error"}` frames and the HTTP API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
-    BadRequest,
-    Unauthorized,
-    Forbidden,
-    NotConnected,
-    TooManySubscriptions,
-    RateLimited,
-    TooManyConnections,
-    PayloadTooLarge,
-    Unavailable,
-    Internal,
+/// Declares a unit enum with its wire spellings: `ALL` lists every value
+/// (metric pre-creation loops over it) and `as_str` spells each, from one list.
+macro_rules! spelled_enum {
+    ($(#[$m:meta])* pub enum $name:ident { $($(#[$vm:meta])* $var:ident => $s:literal,)+ }) => {
+        $(#[$m])*
+        pub enum $name {
+            $($(#[$vm])* $var,)+
+        }
+
+        impl $name {
+            /// Every value, in declaration order.
+            pub const ALL: &'static [Self] = &[$(Self::$var),+];
+
+            /// The wire spelling, also used as a metric label.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$var => $s,)+
+                }
+            }
+        }
+    };
 }
 
-impl ErrorCode {
-    /// The wire spelling, also used as a metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::BadRequest => "bad_request",
-            Self::Unauthorized => "unauthorized",
-            Self::Forbidden => "forbidden",
-            Self::NotConnected => "not_connected",
-            Self::TooManySubscriptions => "too_many_subscriptions",
-            Self::RateLimited => "rate_limited",
-            Self::TooManyConnections => "too_many_connections",
-            Self::PayloadTooLarge => "payload_too_large",
-            Self::Unavailable => "unavailable",
-            Self::Internal => "internal",
-        }
+spelled_enum! {
+    /// Error codes carried by `{"op":"error"}` frames and the HTTP API.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(rename_all = "snake_case")]
+    pub enum ErrorCode {
+        BadRequest => "bad_request",
+        Unauthorized => "unauthorized",
+        Forbidden => "forbidden",
+        NotConnected => "not_connected",
+        TooManySubscriptions => "too_many_subscriptions",
+        RateLimited => "rate_limited",
+        TooManyConnections => "too_many_connections",
+        PayloadTooLarge => "payload_too_large",
+        Unavailable => "unavailable",
+        Internal => "internal",
     }
 }
 
@@ -300,8 +307,38 @@ impl Serialize for CloseCode {
 }
 
 impl CloseCode {
+    /// Every close code, in numeric order.
+    pub const ALL: &'static [Self] = &[
+        Self::Shutdown,
+        Self::SlowConsumer,
+        Self::PingTimeout,
+        Self::TokenExpired,
+        Self::InsufficientState,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::ProtocolError,
+        Self::MessageTooLarge,
+        Self::TooManyConnections,
+    ];
+
     pub fn code(self) -> u16 {
         self as u16
+    }
+
+    /// The code as text, e.g. `"4001"`: a metric label without formatting.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shutdown => "4000",
+            Self::SlowConsumer => "4001",
+            Self::PingTimeout => "4002",
+            Self::TokenExpired => "4003",
+            Self::InsufficientState => "4004",
+            Self::Unauthorized => "4500",
+            Self::Forbidden => "4501",
+            Self::ProtocolError => "4502",
+            Self::MessageTooLarge => "4503",
+            Self::TooManyConnections => "4504",
+        }
     }
 
     /// Whether a well-behaved client should reconnect after this close.
@@ -663,10 +700,25 @@ mod tests {
     fn close_codes_split_on_reconnect() {
         assert!(CloseCode::SlowConsumer.reconnect());
         assert!(!CloseCode::MessageTooLarge.reconnect());
-        for c in 4000..5000 {
-            if let Some(cc) = CloseCode::from_code(c) {
-                assert_eq!(cc.code(), c);
-            }
+        let known: Vec<CloseCode> = (4000..5000).filter_map(CloseCode::from_code).collect();
+        assert_eq!(
+            known,
+            CloseCode::ALL,
+            "ALL lists every code a client can receive"
+        );
+        for c in CloseCode::ALL {
+            assert_eq!(c.as_str(), c.code().to_string());
         }
+    }
+
+    #[test]
+    fn error_codes_are_spelled_as_serde_spells_them() {
+        for c in ErrorCode::ALL {
+            assert_eq!(
+                serde_json::to_string(c).expect("json"),
+                format!("\"{}\"", c.as_str())
+            );
+        }
+        assert_eq!(ErrorCode::ALL.len(), 10);
     }
 }

@@ -19,7 +19,7 @@
 
 use super::{BoxFuture, Broker, BrokerError, History, HistoryConfig, Position, Sink, new_epoch};
 use crate::config::RedisConfig;
-use crate::metrics::metrics;
+use crate::metrics::{BrokerOp, RedisCommand, RedisResult, ResetReason, metrics};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_proto::MessageFrame;
@@ -92,31 +92,6 @@ fn parse_payload(payload: &[u8]) -> Option<Payload<'_>> {
     })
 }
 
-/// Counts one Redis round trip by command and result (and times scripts).
-fn count<T, E>(
-    command: &'static str,
-    started: std::time::Instant,
-    res: &Result<Result<T, E>, tokio::time::error::Elapsed>,
-) {
-    let m = metrics();
-    let idx = crate::metrics::script_index(command);
-    match (res, idx) {
-        (Ok(Ok(_)), Some(i)) => m.hot.redis_ok[i].inc(),
-        (Ok(Ok(_)), None) => m.redis_commands.with_label_values(&[command, "ok"]).inc(),
-        (Ok(Err(_)), _) => m
-            .redis_commands
-            .with_label_values(&[command, "error"])
-            .inc(),
-        (Err(_), _) => m
-            .redis_commands
-            .with_label_values(&[command, "timeout"])
-            .inc(),
-    }
-    if let Some(i) = idx {
-        m.hot.redis_script[i].observe(started.elapsed().as_secs_f64());
-    }
-}
-
 pub(crate) struct RedisBroker {
     client: redis::Client,
     conn: ConnectionManager,
@@ -138,6 +113,29 @@ fn unavailable(e: impl std::fmt::Display) -> BrokerError {
 }
 
 impl RedisBroker {
+    /// Runs one Redis call under the command timeout, counts it by command
+    /// and result (timing scripts), and maps a failure to `unavailable`
+    /// saying what was being done (`doing`, e.g. "publishing").
+    async fn call<T>(
+        &self,
+        cmd: RedisCommand,
+        doing: &str,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, BrokerError> {
+        let started = std::time::Instant::now();
+        let res = tokio::time::timeout(self.cfg.timeout, fut).await;
+        let result = match &res {
+            Ok(Ok(_)) => RedisResult::Ok,
+            Ok(Err(_)) => RedisResult::Error,
+            Err(_) => RedisResult::Timeout,
+        };
+        metrics().redis(cmd, result, started.elapsed());
+        match res {
+            Ok(r) => r.map_err(unavailable),
+            Err(_) => Err(unavailable(format!("timed out {doing}"))),
+        }
+    }
+
     /// Creates the broker and starts its pub/sub task; does not wait for Redis,
     /// so a node can start (not ready) while Redis is still coming up.
     pub(crate) fn start(
@@ -182,12 +180,13 @@ impl RedisBroker {
         inv.key(history_key(channel))
             .arg(new_epoch())
             .arg(self.ttl_secs());
-        let started = std::time::Instant::now();
-        let res = tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn)).await;
-        count("position", started, &res);
-        let (epoch, offset): (String, u64) = res
-            .map_err(|_| unavailable("timed out reading channel position"))?
-            .map_err(unavailable)?;
+        let (epoch, offset): (String, u64) = self
+            .call(
+                RedisCommand::Position,
+                "reading channel position",
+                inv.invoke_async(&mut conn),
+            )
+            .await?;
         Ok(Position {
             epoch: epoch.into(),
             offset,
@@ -223,17 +222,14 @@ impl RedisBroker {
             let (mut sub, mut stream) = match self.connect_pubsub().await {
                 Ok(p) => p.split(),
                 Err(e) => {
-                    metrics()
-                        .broker_errors
-                        .with_label_values(&["connect"])
-                        .inc();
+                    metrics().broker_error(BrokerOp::Connect);
                     tracing::warn!(error = %e, retry_in = ?backoff, "cannot connect to Redis");
                     continue;
                 }
             };
             *self.pubsub.lock().unwrap_or_else(|e| e.into_inner()) = Some(sub.clone());
             if let Err(e) = self.resubscribe_all(&mut sub).await {
-                metrics().broker_errors.with_label_values(&["pubsub"]).inc();
+                metrics().broker_error(BrokerOp::Pubsub);
                 tracing::warn!(error = %e, retry_in = ?backoff, "resubscribing after reconnect failed");
                 *self.pubsub.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 continue;
@@ -277,14 +273,14 @@ impl RedisBroker {
                         );
                     }
                     None => {
-                        metrics().broker_errors.with_label_values(&["decode"]).inc();
+                        metrics().broker_error(BrokerOp::Decode);
                         tracing::warn!("ignoring a malformed pub/sub payload");
                     }
                 }
             }
             self.set_up(false);
             *self.pubsub.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            metrics().broker_errors.with_label_values(&["pubsub"]).inc();
+            metrics().broker_error(BrokerOp::Pubsub);
             tracing::warn!("Redis pub/sub connection lost; reconnecting");
         }
     }
@@ -300,14 +296,10 @@ impl RedisBroker {
         for _ in 0..3 {
             let mut conn = self.conn.clone();
             let cmd = redis::cmd("PING");
-            let started = std::time::Instant::now();
-            let res =
-                tokio::time::timeout(self.cfg.timeout, cmd.query_async::<String>(&mut conn)).await;
-            count("ping", started, &res);
-            match res {
-                Ok(Ok(_)) => return Ok(pubsub),
-                Ok(Err(e)) => last = Some(e.to_string()),
-                Err(_) => last = Some("timed out".to_owned()),
+            let ping = cmd.query_async::<String>(&mut conn);
+            match self.call(RedisCommand::Ping, "pinging", ping).await {
+                Ok(_) => return Ok(pubsub),
+                Err(e) => last = Some(e.to_string()),
             }
         }
         Err(unavailable(last.unwrap_or_default()))
@@ -333,16 +325,12 @@ impl RedisBroker {
                 pipe.expire(meta_key(c), self.ttl_secs() as i64).ignore();
             }
             let mut conn = self.conn.clone();
-            let started = std::time::Instant::now();
-            let res =
-                tokio::time::timeout(self.cfg.timeout, pipe.query_async::<()>(&mut conn)).await;
-            count("expire", started, &res);
-            if !matches!(res, Ok(Ok(()))) {
-                metrics()
-                    .broker_errors
-                    .with_label_values(&["refresh"])
-                    .inc();
-                tracing::warn!("refreshing channel state expiry failed");
+            let expire = pipe.query_async::<()>(&mut conn);
+            if let Err(e) = self
+                .call(RedisCommand::Expire, "refreshing expiry", expire)
+                .await
+            {
+                metrics().broker_failure(BrokerOp::Refresh, &e);
                 return;
             }
         }
@@ -357,10 +345,7 @@ impl RedisBroker {
             known = known.offset,
             "channel offset went backwards in Redis (lost writes, e.g. a failover); starting a new epoch"
         );
-        metrics()
-            .state_resets
-            .with_label_values(&["offset_regressed"])
-            .inc();
+        metrics().state_reset(ResetReason::OffsetRegressed);
         let mut conn = self.conn.clone();
         let mut inv = self.epoch_bump.key(meta_key(channel));
         inv.key(history_key(channel))
@@ -368,12 +353,13 @@ impl RedisBroker {
             .arg(known.offset)
             .arg(new_epoch())
             .arg(self.ttl_secs());
-        let started = std::time::Instant::now();
-        let res = tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn)).await;
-        count("epoch_bump", started, &res);
-        let (epoch, offset): (Option<String>, u64) = res
-            .map_err(|_| unavailable("timed out starting a new epoch"))?
-            .map_err(unavailable)?;
+        let (epoch, offset): (Option<String>, u64) = self
+            .call(
+                RedisCommand::EpochBump,
+                "starting a new epoch",
+                inv.invoke_async(&mut conn),
+            )
+            .await?;
         match epoch {
             Some(epoch) => Ok(Position {
                 epoch: epoch.into(),
@@ -446,12 +432,13 @@ impl Broker for RedisBroker {
                 .arg(prefix)
                 .arg(history.size)
                 .arg(history.ttl.as_secs().max(1));
-            let started = std::time::Instant::now();
-            let res = tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn)).await;
-            count("publish", started, &res);
-            let (epoch, offset): (String, u64) = res
-                .map_err(|_| unavailable("timed out publishing"))?
-                .map_err(unavailable)?;
+            let (epoch, offset): (String, u64) = self
+                .call(
+                    RedisCommand::Publish,
+                    "publishing",
+                    inv.invoke_async(&mut conn),
+                )
+                .await?;
             Ok(Position {
                 epoch: epoch.into(),
                 offset,
@@ -522,12 +509,13 @@ impl Broker for RedisBroker {
                 .arg(after)
                 .arg(limit.max(1))
                 .arg(ttl.as_secs().max(1));
-            let started = std::time::Instant::now();
-            let res = tokio::time::timeout(self.cfg.timeout, inv.invoke_async(&mut conn)).await;
-            count("history", started, &res);
-            let raw: Vec<redis::Value> = res
-                .map_err(|_| unavailable("timed out reading history"))?
-                .map_err(unavailable)?;
+            let raw: Vec<redis::Value> = self
+                .call(
+                    RedisCommand::History,
+                    "reading history",
+                    inv.invoke_async(&mut conn),
+                )
+                .await?;
             parse_history(raw)
         })
     }

@@ -5,7 +5,7 @@
 
 use super::Session;
 use crate::auth::{AuthError, Identity};
-use crate::metrics::metrics;
+use crate::metrics::{AuthKind, RefuseReason, metrics};
 use herald_proto::{CloseCode, Command, ErrorCode, Reply, ResumedChannels};
 use std::sync::atomic::Ordering;
 use tracing::Instrument;
@@ -50,7 +50,7 @@ impl Session {
         let identity = match verified {
             Ok(i) => i,
             Err(e) => {
-                m.auth.with_label_values(&["connect", e.label()]).inc();
+                m.auth(AuthKind::Connect, Err(e.failure()));
                 tracing::debug!(reason = %e, "connect refused");
                 self.error(id, ErrorCode::Unauthorized, &e.to_string(), None);
                 let code = if e == AuthError::Expired {
@@ -62,9 +62,9 @@ impl Session {
                 return false;
             }
         };
-        m.auth.with_label_values(&["connect", "ok"]).inc();
+        m.auth(AuthKind::Connect, Ok(()));
         let Some(slot) = self.ctx.users.admit(&identity.user) else {
-            m.refused.with_label_values(&["per_user"]).inc();
+            m.refused(RefuseReason::PerUser);
             tracing::info!(user = %identity.user, "user is at the per-node connection limit");
             self.error(
                 id,

@@ -16,7 +16,7 @@ impl Session {
         };
         let subscribed = self.subs.contains(ch);
         if let Err(d) = self.ctx.rules.may_emit(&self.identity, ch, subscribed) {
-            Self::count_denial("emit", d.label());
+            crate::metrics::metrics().denial(crate::metrics::DenialAction::Emit, d.reason());
             return self.error(id, ErrorCode::Forbidden, d.message(), Some(ch));
         }
         let Some(event) = cmd.event.as_deref() else {

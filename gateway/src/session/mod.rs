@@ -27,14 +27,13 @@ use crate::auth::{Auth, Identity, UserConnections, UserSlot};
 use crate::channels::Rules;
 use crate::config::SessionConfig;
 use crate::hub::{Ending, SessionLink};
-use crate::metrics::metrics;
+use crate::metrics::{Ended, metrics};
 use crate::node::Node;
 use crate::publication::{Outbound, Wire};
 use crate::signal::Signal;
 use crate::token::Tokens;
 use herald_proto::{Command, DecodeError, ErrorCode, Op, Reply, validate_channel};
 use limits::{Admit, Bucket};
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -174,13 +173,13 @@ impl Session {
             self.ctx.node.unsubscribe(&ch, link.id).await;
         }
         self.ctx.links.shard(link.id).remove(&link.id);
-        let code = match link.ending() {
-            Some(Ending::Close { code, .. }) => Cow::Owned(code.code().to_string()),
-            Some(Ending::ClientClosed) => Cow::Borrowed("client"),
-            Some(Ending::Gone) | None => Cow::Borrowed("gone"),
+        let how = match link.ending() {
+            Some(Ending::Close { code, .. }) => Ok(code),
+            Some(Ending::ClientClosed) => Err(Ended::Client),
+            Some(Ending::Gone) | None => Err(Ended::Gone),
         };
         let m = metrics();
-        m.closed.with_label_values(&[&*code]).inc();
+        m.closed(how);
         m.connections.dec();
         tracing::debug!(session = %self.session, ending = ?link.ending(), "session ended");
     }
@@ -203,10 +202,7 @@ impl Session {
             Admit::Silent => {
                 // Answering every command of a flood costs the node as much
                 // as the flood; past this point refusals are only counted.
-                metrics()
-                    .client_errors
-                    .with_label_values(&["rate_limited_silent"])
-                    .inc();
+                metrics().client_error_silent();
                 return;
             }
             Admit::Refuse => {
@@ -280,20 +276,13 @@ impl Session {
         message: &str,
         channel: Option<&str>,
     ) {
-        metrics()
-            .client_errors
-            .with_label_values(&[code.as_str()])
-            .inc();
+        metrics().client_error(code);
         self.reply(&Reply::Error {
             id,
             code,
             message,
             channel,
         });
-    }
-
-    fn count_denial(action: &str, reason: &str) {
-        metrics().denials.with_label_values(&[action, reason]).inc();
     }
 
     /// Checks a channel field; on failure answers the client and returns None.

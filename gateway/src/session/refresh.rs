@@ -4,7 +4,7 @@
 
 use super::Session;
 use crate::auth::AuthError;
-use crate::metrics::metrics;
+use crate::metrics::{AuthKind, metrics};
 use herald_proto::{ErrorCode, Reply};
 
 impl Session {
@@ -30,14 +30,14 @@ impl Session {
         });
         match identity {
             Ok(i) => {
-                m.auth.with_label_values(&["refresh", "ok"]).inc();
+                m.auth(AuthKind::Refresh, Ok(()));
                 let expires_at = i.expires.unwrap_or(0);
                 self.set_identity(i);
                 self.reply(&Reply::Refreshed { id, expires_at });
             }
             Err(e) => {
                 // The connection keeps its current token until that expires.
-                m.auth.with_label_values(&["refresh", e.label()]).inc();
+                m.auth(AuthKind::Refresh, Err(e.failure()));
                 self.error(id, ErrorCode::Unauthorized, &e.to_string(), None);
             }
         }

@@ -8,7 +8,7 @@
 
 use super::Session;
 use crate::clock::now_secs;
-use crate::metrics::metrics;
+use crate::metrics::{DenialAction, metrics};
 use crate::recovery::Refusal;
 use herald_proto::{ErrorBody, ErrorCode, ResumedChannel, ResumedChannels, Since};
 use std::borrow::Cow;
@@ -26,20 +26,20 @@ impl Session {
             .ctx
             .tokens
             .verify(token, now_secs())
-            .map_err(|e| (e.label(), e.to_string()))
+            .map_err(|e| (Some(e), e.to_string()))
             .and_then(|c| {
                 // A reconnect token only resumes its own user's session.
                 if c.uid == self.identity.user {
                     Ok(c)
                 } else {
-                    Err(("wrong_user", "token belongs to another user".to_owned()))
+                    Err((None, "token belongs to another user".to_owned()))
                 }
             });
         let claims = match verified {
             Ok(c) => c,
-            Err((label, e)) => {
+            Err((why, e)) => {
                 // The reason is logged and counted, never told to the client.
-                m.resumes.with_label_values(&[label]).inc();
+                m.resume(Err(why));
                 tracing::info!(reason = %e, "resume refused");
                 return self.reply_connected(id, Some(false), None);
             }
@@ -57,7 +57,7 @@ impl Session {
             let by_token = claims.gr.contains(&ch);
             if let Err(d) = self.ctx.rules.may_subscribe(&self.identity, &ch) {
                 if !by_token {
-                    Self::count_denial("resume", d.label());
+                    m.denial(DenialAction::Resume, d.reason());
                     channels.insert(ch, refused(ErrorCode::Forbidden, d.message().to_owned()));
                     continue;
                 }
@@ -77,7 +77,7 @@ impl Session {
                 Some(s) => self.recover(&ch, s, &joined.start).await,
                 None => Err(Refusal::NoPosition),
             };
-            Self::count_recovery(&replay);
+            m.recovery(replay.as_ref().map(Vec::len).map_err(|r| *r));
             let restored = ResumedChannel::Restored {
                 epoch: joined.start.epoch.to_string(),
                 offset: joined.start.offset,
@@ -86,7 +86,7 @@ impl Session {
             channels.insert(ch, restored);
             releases.push((joined, replay.unwrap_or_default()));
         }
-        m.resumes.with_label_values(&["resumed"]).inc();
+        m.resume(Ok(()));
         self.reply_connected(id, Some(true), Some(&channels));
         for (joined, replay) in releases {
             joined.release(replay);

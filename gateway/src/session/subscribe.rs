@@ -7,7 +7,7 @@
 
 use super::Session;
 use crate::broker::Position;
-use crate::metrics::metrics;
+use crate::metrics::{AuthKind, DenialAction, DenialReason, metrics};
 use crate::publication::Publication;
 use crate::recovery::{self, Refusal};
 use herald_proto::{Command, ErrorCode, Reply, Since};
@@ -46,7 +46,7 @@ impl Session {
             None => (None, Vec::new()),
             Some(s) => {
                 let outcome = self.recover(ch, s, &joined.start).await;
-                Self::count_recovery(&outcome);
+                metrics().recovery(outcome.as_ref().map(Vec::len).map_err(|r| *r));
                 (Some(outcome.is_ok()), outcome.unwrap_or_default())
             }
         };
@@ -69,21 +69,19 @@ impl Session {
             Ok(()) => return Ok(false),
             Err(d) => d,
         };
+        let m = metrics();
         let (Some(token), Some(auth)) = (token, self.ctx.auth.as_deref()) else {
-            Self::count_denial("subscribe", denied.label());
+            m.denial(DenialAction::Subscribe, denied.reason());
             return Err(denied.message().to_owned());
         };
         match auth.subscribe(token, &self.identity.user, ch) {
             Ok(()) => {
-                metrics().auth.with_label_values(&["subscribe", "ok"]).inc();
+                m.auth(AuthKind::Subscribe, Ok(()));
                 Ok(true)
             }
             Err(e) => {
-                metrics()
-                    .auth
-                    .with_label_values(&["subscribe", e.label()])
-                    .inc();
-                Self::count_denial("subscribe", "bad_token");
+                m.auth(AuthKind::Subscribe, Err(e.failure()));
+                m.denial(DenialAction::Subscribe, DenialReason::BadToken);
                 Err(format!("subscribe token refused: {e}"))
             }
         }
@@ -107,18 +105,6 @@ impl Session {
             .await
             .map_err(|_| Refusal::Unavailable)?;
         recovery::plan(since.offset, start, history)
-    }
-
-    /// Counts a recovery attempt by outcome, and what it replays.
-    pub(super) fn count_recovery(outcome: &Result<Vec<Arc<Publication>>, Refusal>) {
-        let m = metrics();
-        match outcome {
-            Ok(replay) => {
-                m.recoveries.with_label_values(&["recovered"]).inc();
-                m.replayed.inc_by(replay.len() as u64);
-            }
-            Err(r) => m.recoveries.with_label_values(&[r.label()]).inc(),
-        }
     }
 
     pub(super) async fn unsubscribe(&mut self, id: Option<u64>, channel: Option<&str>) {

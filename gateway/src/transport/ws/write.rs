@@ -202,10 +202,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                         self.link.taken(n);
                     }
                 }
-                metrics()
-                    .disconnects
-                    .with_label_values(&[&code.code().to_string()])
-                    .inc();
+                metrics().disconnect(code);
                 tracing::debug!(session = %format_args!("{:016x}", self.link.id), code = code.code(), reason, "server closing session");
                 let notice = Wire::Herald.reply(&Reply::Disconnect {
                     code,

@@ -1,7 +1,17 @@
 //! Prometheus metrics: a leaf every layer may use.
 //!
 //! One process-wide registry behind [`metrics()`]. Labels are low-cardinality
-//! by construction (an op, a reason, a close code); never a channel or user id.
+//! by construction: every labelled metric is recorded through a method that
+//! takes label enums ([`labels`]), never a string, and every value of those
+//! enums exists at zero from start-up. Never a channel or user id.
+
+mod labels;
+
+use herald_proto::{CloseCode, ErrorCode};
+pub(crate) use labels::{
+    ApiRoute, ApiStatus, AuthFailure, AuthKind, BrokerOp, DenialAction, DenialReason, DropReason,
+    Ended, Label, RedisCommand, RedisResult, RefuseReason, Reload, ResetReason, Source, labels,
+};
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -18,46 +28,46 @@ pub(crate) struct Metrics {
     /// Channels with at least one local subscriber (= broker subscriptions).
     pub(crate) channels: IntGauge,
     /// Publications accepted by the broker, by `source` (api, client).
-    pub(crate) published: IntCounterVec,
+    published: IntCounterVec,
     /// Frames of publications queued to local subscribers.
     pub(crate) delivered: IntCounter,
     /// Publications not delivered, by `reason` (slow_consumer, duplicate, no_subscribers).
-    pub(crate) dropped: IntCounterVec,
+    dropped: IntCounterVec,
     /// Server-initiated closes, by close `code`.
-    pub(crate) disconnects: IntCounterVec,
+    disconnects: IntCounterVec,
     /// Clients closed because their outbound queue was full.
     pub(crate) slow_consumers: IntCounter,
     /// Broker failures, by `op` (publish, subscribe, unsubscribe, pubsub, connect, decode, refresh).
-    pub(crate) broker_errors: IntCounterVec,
+    broker_errors: IntCounterVec,
     /// 1 while the broker is reachable.
     pub(crate) broker_up: IntGauge,
     /// Channels whose subscribers were closed with 4004 after a gap or lost state, by `reason`.
-    pub(crate) state_resets: IntCounterVec,
+    state_resets: IntCounterVec,
     /// Error replies sent to clients, by `code`.
-    pub(crate) client_errors: IntCounterVec,
+    client_errors: IntCounterVec,
     /// HTTP API requests, by `route` and `status`.
-    pub(crate) api_requests: IntCounterVec,
+    api_requests: IntCounterVec,
     /// Subscriptions that asked to recover, by `outcome` (recovered or the refusal).
-    pub(crate) recoveries: IntCounterVec,
+    recoveries: IntCounterVec,
     /// Publications replayed to recovering clients.
-    pub(crate) replayed: IntCounter,
+    replayed: IntCounter,
     /// `connect` with `resume`, by `outcome` (resumed, or why the token was refused).
-    pub(crate) resumes: IntCounterVec,
+    resumes: IntCounterVec,
     /// WebSocket upgrades and connects refused, by `reason` (max_connections, origin, draining, per_user).
-    pub(crate) refused: IntCounterVec,
+    refused: IntCounterVec,
     /// Distinct authenticated users connected to this node.
     pub(crate) users: IntGauge,
     /// Token checks, by `kind` (connect, subscribe, refresh) and `outcome` (ok or why not).
-    pub(crate) auth: IntCounterVec,
+    auth: IntCounterVec,
     /// Subscribes and emits refused by channel rules, by `action` and `reason`.
-    pub(crate) denials: IntCounterVec,
+    denials: IntCounterVec,
     /// JWKS file reloads, by `outcome` (ok, failed).
-    pub(crate) jwks_reloads: IntCounterVec,
+    jwks_reloads: IntCounterVec,
     /// WebSocket sessions started.
     pub(crate) accepted: IntCounter,
     /// Sessions ended, by `code`: the server's close code, `client` (the
     /// client closed) or `gone` (the socket failed).
-    pub(crate) closed: IntCounterVec,
+    closed: IntCounterVec,
     /// Bytes written to client sockets (WebSocket frames).
     pub(crate) bytes_sent: IntCounter,
     /// Local subscribers each publication was queued to.
@@ -73,15 +83,15 @@ pub(crate) struct Metrics {
     /// Publications received from the broker for local subscribers.
     pub(crate) received: IntCounter,
     /// Redis commands and scripts, by `command` and `result` (ok, error, timeout).
-    pub(crate) redis_commands: IntCounterVec,
+    redis_commands: IntCounterVec,
     /// Lua script round trips, by `script` (publish, history, position).
-    pub(crate) redis_script_duration: HistogramVec,
+    redis_script_duration: HistogramVec,
     /// Pub/sub connections re-established after a loss.
     pub(crate) pubsub_reconnects: IntCounter,
     /// Channels this node is subscribed to on Redis.
     pub(crate) redis_subscriptions: IntGauge,
     /// API request latency, by `route` and `status`.
-    pub(crate) api_duration: HistogramVec,
+    api_duration: HistogramVec,
     /// Children resolved once for per-publication paths (no label lookup there).
     pub(crate) hot: Hot,
 }
@@ -94,16 +104,9 @@ pub(crate) struct Hot {
     pub(crate) dropped_slow_consumer: IntCounter,
     pub(crate) dropped_no_subscribers: IntCounter,
     /// `herald_redis_commands_total{command=publish|history|position, result=ok}`.
-    pub(crate) redis_ok: [IntCounter; 3],
+    redis_ok: [IntCounter; 3],
     /// `herald_redis_script_duration_seconds{script=publish|history|position}`.
-    pub(crate) redis_script: [Histogram; 3],
-}
-
-/// Index into [`Hot::redis_ok`] / [`Hot::redis_script`].
-pub(crate) fn script_index(script: &str) -> Option<usize> {
-    ["publish", "history", "position"]
-        .iter()
-        .position(|s| *s == script)
+    redis_script: [Histogram; 3],
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -375,135 +378,90 @@ impl Metrics {
                 dropped_duplicate: dropped.with_label_values(&["duplicate"]),
                 dropped_slow_consumer: dropped.with_label_values(&["slow_consumer"]),
                 dropped_no_subscribers: dropped.with_label_values(&["no_subscribers"]),
-                redis_ok: ["publish", "history", "position"]
-                    .map(|c| redis_commands.with_label_values(&[c, "ok"])),
-                redis_script: ["publish", "history", "position"]
-                    .map(|c| redis_script_duration.with_label_values(&[c])),
+                redis_ok: HOT_SCRIPTS.map(|c| redis_commands.with_label_values(&[c.label(), "ok"])),
+                redis_script: HOT_SCRIPTS
+                    .map(|c| redis_script_duration.with_label_values(&[c.label()])),
             },
             registry: r,
         }
     }
 
-    /// Creates the known label combinations at zero, so every series exists
-    /// from start-up: dashboards and `rate()` alerts see 0, not "no data".
+    /// Creates every label combination a code path can record, at zero, so
+    /// every series exists from start-up: dashboards and `rate()` alerts
+    /// see 0, not "no data".
     fn preinit(&self) {
-        fn each(v: &IntCounterVec, labels: &[&str]) {
-            for l in labels {
-                v.with_label_values(&[*l]);
+        for (vec, values) in self.one_label_series() {
+            for v in values {
+                vec.with_label_values(&[v]);
             }
         }
-        let codes = [
-            "4000", "4001", "4002", "4003", "4004", "4500", "4501", "4502", "4503", "4504",
-        ];
-        each(&self.published, &["api", "client"]);
-        each(
-            &self.dropped,
-            &["slow_consumer", "duplicate", "no_subscribers"],
-        );
-        each(&self.disconnects, &codes);
-        each(&self.closed, &codes);
-        each(&self.closed, &["client", "gone"]);
-        each(
-            &self.broker_errors,
-            &[
-                "publish",
-                "subscribe",
-                "unsubscribe",
-                "history",
-                "pubsub",
-                "connect",
-                "decode",
-                "refresh",
-            ],
-        );
-        each(
-            &self.state_resets,
-            &[
-                "gap",
-                "epoch_changed",
-                "missed_while_disconnected",
-                "offset_regressed",
-            ],
-        );
-        each(
-            &self.client_errors,
-            &[
-                "bad_request",
-                "unauthorized",
-                "forbidden",
-                "not_connected",
-                "too_many_subscriptions",
-                "rate_limited",
-                "rate_limited_silent",
-                "too_many_connections",
-                "payload_too_large",
-                "unavailable",
-            ],
-        );
-        each(
-            &self.recoveries,
-            &[
-                "recovered",
-                "epoch_changed",
-                "ahead",
-                "too_many",
-                "gap",
-                "unavailable",
-                "no_position",
-            ],
-        );
-        each(
-            &self.resumes,
-            &[
-                "resumed",
-                "malformed",
-                "unknown_key",
-                "bad_signature",
-                "expired",
-                "no_key",
-                "wrong_user",
-            ],
-        );
-        each(
-            &self.refused,
-            &[
-                "max_connections",
-                "origin",
-                "draining",
-                "per_user",
-                "not_websocket",
-            ],
-        );
-        each(&self.jwks_reloads, &["ok", "failed"]);
-        for kind in ["connect", "subscribe", "refresh"] {
-            for outcome in ["ok", "expired", "bad_signature", "malformed", "missing"] {
-                self.auth.with_label_values(&[kind, outcome]);
+        for (vec, series) in self.two_label_series() {
+            for (a, b) in series {
+                vec.with_label_values(&[a, b]);
             }
         }
-        for (action, reason) in [
-            ("subscribe", "user_channel"),
-            ("subscribe", "not_granted"),
-            ("subscribe", "bad_token"),
-            ("emit", "emit_disabled"),
-            ("emit", "user_channel"),
-            ("emit", "not_granted"),
-            ("resume", "user_channel"),
-            ("resume", "not_granted"),
-        ] {
-            self.denials.with_label_values(&[action, reason]);
+        for c in RedisCommand::all().into_iter().filter(|c| c.is_script()) {
+            self.redis_script_duration.with_label_values(&[c.label()]);
         }
-        for command in ["publish", "history", "position", "ping", "expire"] {
-            for result in ["ok", "error", "timeout"] {
-                self.redis_commands.with_label_values(&[command, result]);
-            }
+        for (r, st) in pairs::<ApiRoute, ApiStatus>() {
+            self.api_duration.with_label_values(&[r, st]);
         }
-        for script in ["publish", "history", "position"] {
-            self.redis_script_duration.with_label_values(&[script]);
-        }
-        for route in ["publish", "broadcast"] {
-            self.api_requests.with_label_values(&[route, "200"]);
-            self.api_duration.with_label_values(&[route, "200"]);
-        }
+    }
+
+    /// Every value of every one-label counter, from the label enums.
+    fn one_label_series(&self) -> Vec<(&IntCounterVec, Vec<&'static str>)> {
+        let with = |words: &[&'static str], rest: Vec<&'static str>| {
+            words.iter().copied().chain(rest).collect::<Vec<_>>()
+        };
+        vec![
+            (&self.published, labels_of::<Source>()),
+            (&self.dropped, labels_of::<DropReason>()),
+            (&self.disconnects, labels_of::<CloseCode>()),
+            (
+                &self.closed,
+                with(
+                    &[],
+                    [labels_of::<CloseCode>(), labels_of::<Ended>()].concat(),
+                ),
+            ),
+            (&self.broker_errors, labels_of::<BrokerOp>()),
+            (&self.state_resets, labels_of::<ResetReason>()),
+            (
+                &self.client_errors,
+                with(&[RATE_LIMITED_SILENT], labels_of::<ErrorCode>()),
+            ),
+            (
+                &self.recoveries,
+                with(&[RECOVERED], labels_of::<crate::recovery::Refusal>()),
+            ),
+            (
+                &self.resumes,
+                with(
+                    &[RESUMED, WRONG_USER],
+                    labels_of::<crate::token::TokenError>(),
+                ),
+            ),
+            (&self.refused, labels_of::<RefuseReason>()),
+            (&self.jwks_reloads, labels_of::<Reload>()),
+        ]
+    }
+
+    /// Every combination of every two-label counter.
+    fn two_label_series(&self) -> Vec<(&IntCounterVec, Vec<(&'static str, &'static str)>)> {
+        let auth = AuthKind::all()
+            .into_iter()
+            .flat_map(|k| {
+                std::iter::once(OK)
+                    .chain(labels_of::<AuthFailure>())
+                    .map(move |o| (k.label(), o))
+            })
+            .collect();
+        vec![
+            (&self.auth, auth),
+            (&self.denials, pairs::<DenialAction, DenialReason>()),
+            (&self.redis_commands, pairs::<RedisCommand, RedisResult>()),
+            (&self.api_requests, pairs::<ApiRoute, ApiStatus>()),
+        ]
     }
 
     /// Prometheus text exposition of every metric.
@@ -511,6 +469,145 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Scripts run on every publish, recovery or subscribe: their series are resolved once.
+const HOT_SCRIPTS: [RedisCommand; 3] = [
+    RedisCommand::Publish,
+    RedisCommand::History,
+    RedisCommand::Position,
+];
+
+const OK: &str = "ok";
+const RECOVERED: &str = "recovered";
+const RESUMED: &str = "resumed";
+const WRONG_USER: &str = "wrong_user";
+const RATE_LIMITED_SILENT: &str = "rate_limited_silent";
+
+fn labels_of<L: Label>() -> Vec<&'static str> {
+    L::all().into_iter().map(Label::label).collect()
+}
+
+fn pairs<A: Label, B: Label>() -> Vec<(&'static str, &'static str)> {
+    A::all()
+        .into_iter()
+        .flat_map(|a| B::all().into_iter().map(move |b| (a.label(), b.label())))
+        .collect()
+}
+
+/// Recording: one method per labelled metric, taking label enums.
+impl Metrics {
+    /// Counts a failed broker operation and logs it.
+    pub(crate) fn broker_failure(&self, op: BrokerOp, error: &dyn std::fmt::Display) {
+        self.broker_error(op);
+        tracing::warn!(op = op.label(), %error, "broker operation failed");
+    }
+
+    /// Counts a failed broker operation (the caller logs it its own way).
+    pub(crate) fn broker_error(&self, op: BrokerOp) {
+        self.broker_errors.with_label_values(&[op.label()]).inc();
+    }
+
+    /// Counts one Redis round trip, and times it when it ran a script.
+    pub(crate) fn redis(&self, cmd: RedisCommand, result: RedisResult, took: std::time::Duration) {
+        match (cmd.hot_slot(), result) {
+            (Some(i), RedisResult::Ok) => self.hot.redis_ok[i].inc(),
+            _ => self
+                .redis_commands
+                .with_label_values(&[cmd.label(), result.label()])
+                .inc(),
+        }
+        match cmd.hot_slot() {
+            Some(i) => self.hot.redis_script[i].observe(took.as_secs_f64()),
+            None if cmd.is_script() => self
+                .redis_script_duration
+                .with_label_values(&[cmd.label()])
+                .observe(took.as_secs_f64()),
+            None => {}
+        }
+    }
+
+    pub(crate) fn state_reset(&self, reason: ResetReason) {
+        self.state_resets.with_label_values(&[reason.label()]).inc();
+    }
+
+    pub(crate) fn refused(&self, reason: RefuseReason) {
+        self.refused.with_label_values(&[reason.label()]).inc();
+    }
+
+    /// A token check: accepted, or why not.
+    pub(crate) fn auth(&self, kind: AuthKind, outcome: Result<(), AuthFailure>) {
+        let o = outcome.err().map_or(OK, Label::label);
+        self.auth.with_label_values(&[kind.label(), o]).inc();
+    }
+
+    pub(crate) fn denial(&self, action: DenialAction, reason: DenialReason) {
+        self.denials
+            .with_label_values(&[action.label(), reason.label()])
+            .inc();
+    }
+
+    /// A recovery attempt: the publications it replays, or why it was refused.
+    pub(crate) fn recovery(&self, outcome: Result<usize, crate::recovery::Refusal>) {
+        match outcome {
+            Ok(n) => {
+                self.recoveries.with_label_values(&[RECOVERED]).inc();
+                self.replayed.inc_by(n as u64);
+            }
+            Err(r) => self.recoveries.with_label_values(&[r.label()]).inc(),
+        }
+    }
+
+    /// A resume: done, or refused for the token's reason, or because the
+    /// token belongs to another user (`None`).
+    pub(crate) fn resume(&self, outcome: Result<(), Option<crate::token::TokenError>>) {
+        let o = match outcome {
+            Ok(()) => RESUMED,
+            Err(Some(e)) => e.label(),
+            Err(None) => WRONG_USER,
+        };
+        self.resumes.with_label_values(&[o]).inc();
+    }
+
+    /// An error reply sent to a client.
+    pub(crate) fn client_error(&self, code: ErrorCode) {
+        self.client_errors.with_label_values(&[code.label()]).inc();
+    }
+
+    /// A command of a flood dropped without an answer.
+    pub(crate) fn client_error_silent(&self) {
+        self.client_errors
+            .with_label_values(&[RATE_LIMITED_SILENT])
+            .inc();
+    }
+
+    /// The server closed a session with `code`.
+    pub(crate) fn disconnect(&self, code: CloseCode) {
+        self.disconnects.with_label_values(&[code.label()]).inc();
+    }
+
+    /// A session ended: closed by the server with a code, or otherwise.
+    pub(crate) fn closed(&self, how: Result<CloseCode, Ended>) {
+        let l = match how {
+            Ok(c) => c.label(),
+            Err(e) => e.label(),
+        };
+        self.closed.with_label_values(&[l]).inc();
+    }
+
+    pub(crate) fn api(&self, route: ApiRoute, status: u16, took: std::time::Duration) {
+        let labels = [route.label(), ApiStatus::of(status).label()];
+        self.api_requests.with_label_values(&labels).inc();
+        self.api_duration
+            .with_label_values(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    pub(crate) fn jwks_reload(&self, outcome: Reload) {
+        self.jwks_reloads
+            .with_label_values(&[outcome.label()])
+            .inc();
     }
 }
 
@@ -523,4 +620,121 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 /// The process-wide metrics.
 pub(crate) fn metrics() -> &'static Metrics {
     &METRICS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every label value any recording method can be given is on the scrape
+    /// from start-up (a new enum value, or a new metric left out of
+    /// `preinit`, fails here).
+    #[test]
+    fn every_recordable_series_exists_at_start() {
+        let m = metrics();
+        let text = m.render();
+        let has = |name: &str, labels: &[(&str, &str)]| {
+            let want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            text.lines().any(|l| {
+                l.starts_with(&format!("{name}{{")) && want.iter().all(|w| l.contains(w.as_str()))
+            })
+        };
+        let one = [
+            (
+                "herald_messages_published_total",
+                "source",
+                labels_of::<Source>(),
+            ),
+            (
+                "herald_messages_dropped_total",
+                "reason",
+                labels_of::<DropReason>(),
+            ),
+            ("herald_disconnects_total", "code", labels_of::<CloseCode>()),
+            (
+                "herald_connections_closed_total",
+                "code",
+                [labels_of::<CloseCode>(), labels_of::<Ended>()].concat(),
+            ),
+            ("herald_broker_errors_total", "op", labels_of::<BrokerOp>()),
+            (
+                "herald_channel_state_resets_total",
+                "reason",
+                labels_of::<ResetReason>(),
+            ),
+            (
+                "herald_client_errors_total",
+                "code",
+                [labels_of::<ErrorCode>(), vec![RATE_LIMITED_SILENT]].concat(),
+            ),
+            (
+                "herald_recoveries_total",
+                "outcome",
+                [labels_of::<crate::recovery::Refusal>(), vec![RECOVERED]].concat(),
+            ),
+            (
+                "herald_resumes_total",
+                "outcome",
+                [
+                    labels_of::<crate::token::TokenError>(),
+                    vec![RESUMED, WRONG_USER],
+                ]
+                .concat(),
+            ),
+            (
+                "herald_connections_refused_total",
+                "reason",
+                labels_of::<RefuseReason>(),
+            ),
+            (
+                "herald_jwks_reloads_total",
+                "outcome",
+                labels_of::<Reload>(),
+            ),
+        ];
+        for (name, key, values) in one {
+            for v in values {
+                assert!(has(name, &[(key, v)]), "{name}{{{key}=\"{v}\"}} missing");
+            }
+        }
+        for k in AuthKind::all() {
+            for o in std::iter::once(OK).chain(labels_of::<AuthFailure>()) {
+                assert!(
+                    has("herald_auth_total", &[("kind", k.label()), ("outcome", o)]),
+                    "auth {k:?} {o}"
+                );
+            }
+        }
+        for (a, r) in pairs::<DenialAction, DenialReason>() {
+            assert!(has(
+                "herald_permission_denials_total",
+                &[("action", a), ("reason", r)]
+            ));
+        }
+        for (c, r) in pairs::<RedisCommand, RedisResult>() {
+            assert!(
+                has(
+                    "herald_redis_commands_total",
+                    &[("command", c), ("result", r)]
+                ),
+                "{c} {r}"
+            );
+        }
+        for c in RedisCommand::all().into_iter().filter(|c| c.is_script()) {
+            assert!(has(
+                "herald_redis_script_duration_seconds_bucket",
+                &[("script", c.label())]
+            ));
+        }
+        for (r, s) in pairs::<ApiRoute, ApiStatus>() {
+            assert!(has(
+                "herald_api_requests_total",
+                &[("route", r), ("status", s)]
+            ));
+            assert!(has(
+                "herald_api_request_duration_seconds_bucket",
+                &[("route", r), ("status", s)]
+            ));
+        }
+    }
 }
