@@ -6,6 +6,8 @@
 //! once with [`MessageFrame`]; tests and the load tool read the same types.
 //! Nothing here does I/O. The full specification is `docs/protocol.md`.
 
+#![warn(missing_docs)]
+
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
@@ -25,13 +27,16 @@ pub const MAX_EVENT_LEN: usize = 128;
 /// fields the operation needs and the session checks them.
 #[derive(Debug, Default, Deserialize)]
 pub struct Command<'a> {
+    /// What the client asks for.
     #[serde(borrow)]
     pub op: Op<'a>,
     /// Chosen by the client, echoed in the reply; absent on fire-and-forget frames.
     #[serde(default)]
     pub id: Option<u64>,
+    /// `subscribe`, `unsubscribe`, `emit`: the channel.
     #[serde(default, borrow)]
     pub channel: Option<Cow<'a, str>>,
+    /// `emit`: the event name.
     #[serde(default, borrow)]
     pub event: Option<Cow<'a, str>>,
     /// Kept as raw JSON: the gateway never re-encodes a payload.
@@ -57,12 +62,19 @@ pub struct Command<'a> {
 /// error), so the reply can name it and keep the frame's `id`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op<'a> {
+    /// `connect`: start the session (with a token, or a resume).
     Connect,
+    /// `subscribe`: receive a channel's publications.
     Subscribe,
+    /// `unsubscribe`: stop receiving a channel.
     Unsubscribe,
+    /// `emit`: publish on a channel.
     Emit,
+    /// `refresh`: extend the connection with a new token.
     Refresh,
+    /// `ping`: the client checks the connection; answered with `pong`.
     Ping,
+    /// `pong`: the answer to a server `ping`.
     Pong,
     /// Any other string.
     Unknown(Cow<'a, str>),
@@ -112,14 +124,19 @@ impl<'de: 'a, 'a> Deserialize<'de> for Op<'a> {
 /// A client's last seen position on a channel.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Since<'a> {
+    /// The channel's epoch when the client saw `offset`.
     #[serde(borrow)]
     pub epoch: Cow<'a, str>,
+    /// The last offset the client received.
     pub offset: u64,
 }
 
 /// Why a frame could not be decoded at all; the text is safe to show the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError(pub String);
+pub struct DecodeError(
+    /// What was wrong with the frame.
+    pub String,
+);
 
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -271,15 +288,25 @@ spelled_enum! {
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
     #[serde(rename_all = "snake_case")]
     pub enum ErrorCode {
+        /// The command is malformed or invalid; the message says how.
         BadRequest => "bad_request",
+        /// The token was refused.
         Unauthorized => "unauthorized",
+        /// The channel rules refuse this.
         Forbidden => "forbidden",
+        /// The command needs `connect` first.
         NotConnected => "not_connected",
+        /// The connection is at its subscription limit.
         TooManySubscriptions => "too_many_subscriptions",
+        /// The connection sends commands faster than its rate.
         RateLimited => "rate_limited",
+        /// The user is at the node's per-user connection limit.
         TooManyConnections => "too_many_connections",
+        /// The payload is over `max_payload`.
         PayloadTooLarge => "payload_too_large",
+        /// The broker cannot be reached; nothing happened.
         Unavailable => "unavailable",
+        /// A bug on the server side.
         Internal => "internal",
     }
 }
@@ -288,15 +315,25 @@ spelled_enum! {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
 pub enum CloseCode {
+    /// The node is shutting down: reconnect elsewhere.
     Shutdown = 4000,
+    /// The outbound queue overflowed: reconnect and recover.
     SlowConsumer = 4001,
+    /// No pong in time.
     PingTimeout = 4002,
+    /// The connection token expired: reconnect with a fresh one.
     TokenExpired = 4003,
+    /// Publications may have been missed: resume to recover.
     InsufficientState = 4004,
+    /// The connection token was refused.
     Unauthorized = 4500,
+    /// Not allowed.
     Forbidden = 4501,
+    /// The client broke the protocol (or flooded).
     ProtocolError = 4502,
+    /// A message over the size limit.
     MessageTooLarge = 4503,
+    /// The user is at the node's per-user connection limit.
     TooManyConnections = 4504,
 }
 
@@ -321,6 +358,7 @@ impl CloseCode {
         Self::TooManyConnections,
     ];
 
+    /// The numeric close code.
     pub fn code(self) -> u16 {
         self as u16
     }
@@ -362,6 +400,7 @@ impl CloseCode {
         }
     }
 
+    /// The close code with this number, if Herald uses it.
     pub fn from_code(code: u16) -> Option<Self> {
         Some(match code {
             4000 => Self::Shutdown,
@@ -383,11 +422,16 @@ impl CloseCode {
 #[derive(Debug, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Reply<'a> {
+    /// Answer to `connect`.
     Connected {
+        /// The `id` of the command this answers.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// The session id (kept across resumes).
         session: &'a str,
+        /// The node that serves the connection.
         node: &'a str,
+        /// How often the server pings.
         ping_interval_ms: u64,
         /// Present when the client asked to resume.
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -401,61 +445,94 @@ pub enum Reply<'a> {
         /// When the connection token expires (UNIX seconds): refresh before it.
         #[serde(skip_serializing_if = "Option::is_none")]
         expires_at: Option<u64>,
+        /// A reconnect token for the session as it stands now.
         #[serde(skip_serializing_if = "Option::is_none")]
         reconnect_token: Option<&'a str>,
     },
+    /// Answer to `subscribe`.
     Subscribed {
+        /// The `id` of the command this answers.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// The channel.
         channel: &'a str,
+        /// The channel's epoch.
         epoch: &'a str,
+        /// The subscription starts after this offset (`subscribed`), or
+        /// the publication's offset (`emitted`).
         offset: u64,
         /// Present when the client asked to recover (`since`).
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        /// A reconnect token for the session as it stands now.
         #[serde(skip_serializing_if = "Option::is_none")]
         reconnect_token: Option<&'a str>,
     },
+    /// Answer to `unsubscribe`.
     Unsubscribed {
+        /// The `id` of the command this answers.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// The channel.
         channel: &'a str,
+        /// A reconnect token for the session as it stands now.
         #[serde(skip_serializing_if = "Option::is_none")]
         reconnect_token: Option<&'a str>,
     },
+    /// Answer to `emit`: the position the publication got.
     Emitted {
+        /// The `id` of the command this answers.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// The channel.
         channel: &'a str,
+        /// The channel's epoch.
         epoch: &'a str,
+        /// The subscription starts after this offset (`subscribed`), or
+        /// the publication's offset (`emitted`).
         offset: u64,
     },
     /// Answer to `refresh`: the connection now lives until `expires_at`.
     Refreshed {
+        /// The `id` of the command this answers.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// The new expiry (UNIX seconds).
         expires_at: u64,
     },
+    /// The server checks the connection; answer with `pong`.
     Ping,
     /// A fresh reconnect token, pushed before the previous one expires.
     Token {
+        /// The new reconnect token.
         reconnect_token: &'a str,
     },
+    /// Answer to a client `ping`.
     Pong {
+        /// The `id` of the command this answers.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
     },
+    /// A command failed.
     Error {
+        /// The `id` of the command this answers.
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<u64>,
+        /// What kind of failure.
         code: ErrorCode,
+        /// What went wrong, for people.
         message: &'a str,
+        /// The channel the command named, if any.
         #[serde(skip_serializing_if = "Option::is_none")]
         channel: Option<&'a str>,
     },
+    /// The server ends the connection; a close frame with `code` follows.
     Disconnect {
+        /// The close code.
         code: CloseCode,
+        /// Its short reason text.
         reason: &'a str,
+        /// Whether the client should reconnect.
         reconnect: bool,
     },
 }
@@ -469,18 +546,26 @@ pub type ResumedChannels = std::collections::BTreeMap<String, ResumedChannel>;
 pub enum ResumedChannel {
     /// Subscribed again; `recovered` tells whether every missed publication follows.
     Restored {
+        /// The channel's epoch now.
         epoch: String,
+        /// Live publications follow this offset.
         offset: u64,
+        /// False: publications may have been missed; refetch the state.
         recovered: bool,
     },
     /// Not subscribed again (the rules refuse it now, or the broker failed).
-    Refused { error: ErrorBody },
+    Refused {
+        /// Why.
+        error: ErrorBody,
+    },
 }
 
 /// An error as it appears inside other frames and in HTTP API bodies.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What kind of failure.
     pub code: ErrorCode,
+    /// What went wrong, for people.
     pub message: String,
 }
 
@@ -530,10 +615,15 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
 /// A delivered `message` frame, as clients and tests read it.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct Message {
+    /// The channel it was published on.
     pub channel: String,
+    /// The event name.
     pub event: String,
+    /// The payload, as published.
     pub data: serde_json::Value,
+    /// The channel's epoch.
     pub epoch: String,
+    /// Its offset in the channel.
     pub offset: u64,
 }
 
