@@ -32,6 +32,7 @@ pub mod config;
 mod hub;
 mod metrics;
 mod node;
+mod proxy_protocol;
 mod publication;
 mod recovery;
 pub mod server;
