@@ -1,9 +1,7 @@
 //! Reconnect tokens and session resume, up to a node killed with SIGKILL
 //! under load while its clients resume elsewhere.
 
-mod common;
-
-use common::{Client, Event, Gateway, Redis, eventually, http_post};
+use crate::common::{Client, Event, Gateway, Redis, eventually, herald, http_get, http_post};
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -101,7 +99,7 @@ impl Tracked {
 
 #[tokio::test]
 async fn a_client_resumes_its_session_and_misses_nothing() {
-    let gw = Gateway::start(&[]);
+    let gw = herald().start(&[]);
     let mut t = Tracked::open(&gw, &["a", "b"]).await;
     for ch in ["a", "b"] {
         gw.publish(ch, "e", json!(1)).await;
@@ -140,13 +138,13 @@ async fn a_client_resumes_its_session_and_misses_nothing() {
 
 #[tokio::test]
 async fn bad_tokens_give_a_fresh_session_and_say_nothing_more() {
-    let gw = Gateway::start(&[
+    let gw = herald().start(&[
         "--reconnect-ttl",
         "1s",
         "--reconnect-secret",
         "the-first-secret-of-this-node",
     ]);
-    let other = Gateway::start(&["--reconnect-secret", "a-completely-different-secret"]);
+    let other = herald().start(&["--reconnect-secret", "a-completely-different-secret"]);
     let t = Tracked::open(&gw, &["x"]).await;
     let foreign = Tracked::open(&other, &["x"]).await;
     let tampered = {
@@ -166,15 +164,17 @@ async fn bad_tokens_give_a_fresh_session_and_say_nothing_more() {
         assert!(r.get("channels").is_none(), "{reason}: no channels");
         assert!(!r.to_string().contains(reason), "the reason is not leaked");
         let labelled = format!("herald_resumes_total{{outcome=\"{reason}\"}}");
-        let (_, text) = common::http_get(gw.admin, "/metrics").await;
+        let (_, text) = http_get(gw.admin, "/metrics").await;
         assert!(text.contains(&labelled), "{reason} counted");
     }
+    // Letting the token's TTL pass (whole seconds) is the behaviour under
+    // test; retrying a still-valid token instead would resume its session.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let mut c = gw.client().await;
     let r = c.request(json!({"op":"connect","resume":t.token})).await;
     assert_eq!(r["resumed"], false, "expired: {r}");
     // A rotated node still accepts tokens signed with its previous secret.
-    let rotated = Gateway::start(&[
+    let rotated = herald().start(&[
         "--reconnect-secret",
         "a-brand-new-secret-value",
         "--reconnect-secret",
@@ -191,7 +191,7 @@ async fn bad_tokens_give_a_fresh_session_and_say_nothing_more() {
 async fn graceful_drain_then_resume_loses_nothing() {
     let redis = Redis::start();
     // History sized for the drain window: ~200 publications a second for up to 1 s.
-    let mut a = Gateway::start(&[
+    let mut a = herald().start(&[
         "--redis-url",
         &redis.url(),
         "--drain-timeout",
@@ -199,7 +199,7 @@ async fn graceful_drain_then_resume_loses_nothing() {
         "--history-size",
         "1000",
     ]);
-    let b = Gateway::start(&["--redis-url", &redis.url(), "--history-size", "1000"]);
+    let b = herald().start(&["--redis-url", &redis.url(), "--history-size", "1000"]);
     for gw in [&a, &b] {
         eventually("ready", || async { gw.ready().await == 200 }).await;
     }
@@ -209,10 +209,12 @@ async fn graceful_drain_then_resume_loses_nothing() {
         for i in 0..200 {
             let body = json!({"channel":"n","event":"e","data":i}).to_string();
             assert_eq!(http_post(admin, "/api/v1/publish", &body).await.0, 200);
+            // Paced so that the stream spans the drain.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Drained mid-stream.
+    t.read_until("n", 20).await;
     a.signal("TERM");
     assert_eq!(t.read_until_closed().await, 4000);
     let r = t.resume(&b).await;
@@ -236,7 +238,7 @@ async fn killing_a_node_under_load_loses_nothing() {
     let mut nodes: Vec<Gateway> = (0..3)
         .map(|i| {
             // History covers the time a client needs to notice and resume.
-            Gateway::start(&[
+            herald().start(&[
                 "--redis-url",
                 &redis.url(),
                 "--node-id",
@@ -286,8 +288,10 @@ async fn killing_a_node_under_load_loses_nothing() {
             resumed_after
         }));
     }
-    // 500 msg/s through the API of a surviving node, round robin over the channels.
+    // 500 msg/s through the API of a surviving node, round robin over the
+    // channels (paced, so that the kill falls mid-stream).
     let admin = nodes[1].admin;
+    let (progress, mut published) = tokio::sync::watch::channel(0usize);
     let publisher = tokio::spawn(async move {
         let start = Instant::now();
         for n in 0..(per_channel as usize * channels.len()) {
@@ -295,10 +299,12 @@ async fn killing_a_node_under_load_loses_nothing() {
                 .to_string();
             let (s, b) = http_post(admin, "/api/v1/publish", &body).await;
             assert_eq!(s, 200, "{b}");
+            progress.send_replace(n + 1);
             tokio::time::sleep_until((start + Duration::from_micros(2000 * n as u64)).into()).await;
         }
     });
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Killed a third of the way through.
+    published.wait_for(|n| *n >= 500).await.expect("publisher");
     let _ = killed_at.set(Instant::now());
     drop(nodes.remove(0)); // SIGKILL
     publisher.await.expect("publisher");
@@ -327,13 +333,14 @@ async fn killing_a_node_under_load_loses_nothing() {
 
 #[tokio::test]
 async fn quiet_connections_get_fresh_tokens_before_theirs_expire() {
-    let gw = Gateway::start(&["--ping-interval", "300ms", "--reconnect-ttl", "4s"]);
+    let gw = herald().start(&["--ping-interval", "300ms", "--reconnect-ttl", "4s"]);
     let mut c = gw.connected().await;
     let first = c.subscribe("q").await["reconnect_token"].clone();
     let start = Instant::now();
     let mut latest = first.clone();
     let mut pushed = 0;
-    // Nothing happens on the channel; the server still keeps the token fresh.
+    // Nothing happens on the channel; the server still keeps the token
+    // fresh. Outliving the first token's TTL is the behaviour under test.
     while start.elapsed() < Duration::from_millis(4500) {
         let v = c.recv().await;
         if v["op"] == "token" {

@@ -1,15 +1,13 @@
 //! One node on its embedded broker, driven through real sockets.
 
-mod common;
-
-use common::{Gateway, eventually, http_get, http_post, http_post_key, http_post_raw};
+use crate::common::{eventually, herald, http, http_get, http_post, http_post_key, http_post_raw};
 use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::json;
 use std::time::Duration;
 
 #[tokio::test]
 async fn subscribe_emit_deliver_with_consecutive_offsets() {
-    let gw = Gateway::start(&[]);
+    let gw = herald().start(&[]);
     let mut a = gw.client().await;
     let r = a.request(json!({"op":"connect"})).await;
     assert_eq!(r["op"], "connected");
@@ -56,14 +54,16 @@ async fn subscribe_emit_deliver_with_consecutive_offsets() {
 
 #[tokio::test]
 async fn subscribe_is_idempotent_and_unsubscribe_stops_delivery() {
-    let gw = Gateway::start(&[]);
+    let gw = herald().start(&[]);
     let mut c = gw.connected().await;
     c.subscribe("news").await;
     c.subscribe("news").await;
     assert_eq!(gw.metric("herald_subscriptions").await, 1.0);
     gw.publish("news", "a", json!(1)).await;
     assert_eq!(c.message().await["offset"], 1);
-    c.silent_for(Duration::from_millis(200)).await; // delivered once, not twice
+    // A second copy would come before the next publication on the channel.
+    gw.publish("news", "a", json!(2)).await;
+    assert_eq!(c.message().await["offset"], 2, "delivered once, not twice");
 
     let r = c
         .request(json!({"op":"unsubscribe","channel":"news"}))
@@ -74,19 +74,23 @@ async fn subscribe_is_idempotent_and_unsubscribe_stops_delivery() {
     );
     assert!(r["reconnect_token"].is_string(), "{r}");
     assert_eq!(gw.metric("herald_channels").await, 0.0);
-    let (status, body) = gw.publish("news", "a", json!(2)).await;
-    assert_eq!((status, body["offset"].as_u64()), (200, Some(2)));
-    c.silent_for(Duration::from_millis(300)).await;
+    let (status, body) = gw.publish("news", "a", json!(3)).await;
+    assert_eq!((status, body["offset"].as_u64()), (200, Some(3)));
     // Unsubscribing again is harmless.
     let r = c
         .request(json!({"op":"unsubscribe","channel":"news"}))
         .await;
     assert_eq!(r["op"], "unsubscribed");
+    // Offset 3 never reached the client: it would be queued ahead of this
+    // reply and of the next publication.
+    assert_eq!(c.subscribe("news").await["offset"], 3);
+    gw.publish("news", "a", json!(4)).await;
+    assert_eq!(c.message().await["offset"], 4, "nothing while unsubscribed");
 }
 
 #[tokio::test]
 async fn http_publish_and_broadcast() {
-    let gw = Gateway::start(&[]);
+    let gw = herald().start(&[]);
     let mut c = gw.connected().await;
     c.subscribe("a").await;
     c.subscribe("b").await;
@@ -123,8 +127,8 @@ async fn http_publish_and_broadcast() {
     assert_eq!(got, ["a", "b"]);
 
     // The CLI goes through the same API.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
-        .env_clear()
+    let out = herald()
+        .command()
         .args(["publish", "a", "cli", r#"{"from":"cli"}"#, "--url"])
         .arg(format!("http://{}", gw.admin))
         .output()
@@ -144,7 +148,7 @@ async fn http_publish_and_broadcast() {
 
 #[tokio::test]
 async fn api_errors_are_json_with_status() {
-    let gw = Gateway::start(&["--max-payload", "1024"]);
+    let gw = herald().start(&["--max-payload", "1024"]);
     let cases = [
         ("not json", 400, "bad_request"),
         (
@@ -198,7 +202,7 @@ async fn api_errors_are_json_with_status() {
 
 #[tokio::test]
 async fn bad_frames_get_errors_and_the_connection_stays_open() {
-    let gw = Gateway::start(&["--max-payload", "1024", "--max-subscriptions", "2"]);
+    let gw = herald().start(&["--max-payload", "1024", "--max-subscriptions", "2"]);
     let mut c = gw.client().await;
 
     // Before connect.
@@ -320,7 +324,7 @@ async fn bad_frames_get_errors_and_the_connection_stays_open() {
 
 #[tokio::test]
 async fn connect_timeout_closes_with_4502() {
-    let gw = Gateway::start(&["--connect-timeout", "300ms"]);
+    let gw = herald().start(&["--connect-timeout", "300ms"]);
     let mut c = gw.client().await;
     let (code, notice) = c.closed().await;
     assert_eq!(code, 4502);
@@ -333,7 +337,7 @@ async fn connect_timeout_closes_with_4502() {
 
 #[tokio::test]
 async fn invalid_utf8_is_a_protocol_error() {
-    let gw = Gateway::start(&[]);
+    let gw = herald().start(&[]);
     let mut c = gw.connected().await;
     c.send_frame(Frame::text(Payload::Borrowed(b"{\"op\":\"\xff\"}")))
         .await;
@@ -342,26 +346,34 @@ async fn invalid_utf8_is_a_protocol_error() {
 
 #[tokio::test]
 async fn missing_pong_closes_with_4002_and_pongs_keep_alive() {
-    let gw = Gateway::start(&["--ping-interval", "200ms", "--pong-timeout", "300ms"]);
+    let gw = herald().start(&["--ping-interval", "200ms", "--pong-timeout", "300ms"]);
     let mut good = gw.connected().await;
     good.subscribe("x").await;
-    // Reading answers pings, so `good` reads all the time in its own task.
-    let good = tokio::spawn(async move { good.message().await });
+    // `good` answers in its own task, counting the rounds it outlives.
+    good.auto_pong = false;
+    let good = tokio::spawn(async move {
+        for _ in 0..3 {
+            assert_eq!(good.recv().await, json!({"op":"ping"}));
+            good.send(json!({"op":"pong"})).await;
+        }
+        good
+    });
     let mut bad = gw.connected().await;
     bad.auto_pong = false;
     assert_eq!(bad.recv().await, json!({"op":"ping"}));
     let (code, notice) = bad.closed().await;
     assert_eq!(code, 4002);
     assert_eq!(notice.expect("notice")["reconnect"], true);
-    // The answering client outlives several ping rounds.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // The answering client outlived three ping rounds and is still served.
+    let mut good = good.await.expect("good client answers pings");
+    good.auto_pong = true;
     gw.publish("x", "e", json!(1)).await;
-    assert_eq!(good.await.expect("good client")["offset"], 1);
+    assert_eq!(good.message().await["offset"], 1);
 }
 
 #[tokio::test]
 async fn oversized_frames_close_with_4503() {
-    let gw = Gateway::start(&["--max-payload", "1024"]);
+    let gw = herald().start(&["--max-payload", "1024"]);
     let mut c = gw.connected().await;
     let big = json!({"op":"emit","channel":"x","event":"e","data":"z".repeat(10_000)}).to_string();
     c.send_text(&big).await;
@@ -408,7 +420,7 @@ async fn oversized_frames_close_with_4503() {
 
 #[tokio::test]
 async fn slow_consumer_is_closed_with_4001_and_others_keep_receiving() {
-    let gw = Gateway::start(&["--outbound-queue", "16"]);
+    let gw = herald().start(&["--outbound-queue", "16"]);
     let mut slow = gw.connected().await;
     let mut fast = gw.connected().await;
     slow.subscribe("firehose").await;
@@ -443,7 +455,7 @@ async fn slow_consumer_is_closed_with_4001_and_others_keep_receiving() {
 
 #[tokio::test]
 async fn sigterm_drains_clients_with_4000_and_exits_0() {
-    let mut gw = Gateway::start(&["--drain-timeout", "2s"]);
+    let mut gw = herald().start(&["--drain-timeout", "2s"]);
     let mut clients = Vec::new();
     for _ in 0..5 {
         let mut c = gw.connected().await;
@@ -462,7 +474,7 @@ async fn sigterm_drains_clients_with_4000_and_exits_0() {
         gw.public
     );
     assert_eq!(
-        common::http(gw.public, upgrade).await.0,
+        http(gw.public, upgrade).await.0,
         503,
         "new WebSockets refused"
     );
@@ -480,8 +492,9 @@ async fn sigterm_drains_clients_with_4000_and_exits_0() {
 
 #[tokio::test]
 async fn admin_listener_takes_the_api_off_the_public_port() {
-    let admin = format!("127.0.0.1:{}", common::free_port());
-    let gw = Gateway::start(&["--admin-listen", &admin]);
+    // Port 0 on both, so another loopback address: the node refuses two
+    // listeners configured with the same address.
+    let gw = herald().start(&["--admin-listen", "127.0.0.2:0"]);
     assert_ne!(gw.public, gw.admin);
     let (s, _) = http_post_raw(gw.public, "/api/v1/publish", "{}").await;
     assert_eq!(s, 404, "publish API is not public");
@@ -514,19 +527,19 @@ fn bad_configuration_is_refused_with_the_reason() {
     std::fs::create_dir_all(&dir).expect("tmp");
     let file = dir.join("herald.toml");
     std::fs::write(&file, "[session]\nping_intervl = \"5s\"\n").expect("write");
-    let err = Gateway::fail_to_start(&["--config", file.to_str().expect("path")], &[]);
+    let err = herald().fail_to_start(&["--config", file.to_str().expect("path")], &[]);
     assert!(err.contains("ping_intervl"), "{err}");
 
-    let err = Gateway::fail_to_start(&[], &[("HERALD_LISTN", "127.0.0.1:1")]);
+    let err = herald().fail_to_start(&[], &[("HERALD_LISTN", "127.0.0.1:1")]);
     assert!(err.contains("HERALD_LISTN"), "{err}");
 
-    let err = Gateway::fail_to_start(&["--listen", "0.0.0.0:0"], &[]);
+    let err = herald().fail_to_start(&["--listen", "0.0.0.0:0"], &[]);
     assert!(err.contains("--allow-open"), "{err}");
 
-    let err = Gateway::fail_to_start(&["--ping-interval", "0s"], &[]);
+    let err = herald().fail_to_start(&["--ping-interval", "0s"], &[]);
     assert!(err.contains("ping_interval"), "{err}");
 
-    let err = Gateway::fail_to_start(&["--worker-threads", "0"], &[]);
+    let err = herald().fail_to_start(&["--worker-threads", "0"], &[]);
     assert!(err.contains("worker_threads"), "{err}");
 }
 
@@ -540,7 +553,7 @@ async fn env_and_file_configure_the_node_and_flags_win() {
         "node_id = \"from-file\"\n[session]\nping_interval = \"7s\"\n",
     )
     .expect("write");
-    let gw = Gateway::start_env(
+    let gw = herald().start_env(
         &[
             "--config",
             file.to_str().expect("path"),
@@ -559,7 +572,7 @@ async fn env_and_file_configure_the_node_and_flags_win() {
     assert_eq!(r["ping_interval_ms"], 3000, "env beats file");
     assert_eq!(r["node"], "from-flag", "flag beats env");
 
-    let gw = Gateway::start_env(
+    let gw = herald().start_env(
         &[],
         &[
             ("HERALD_ALLOW_OPEN", "true"),
@@ -576,7 +589,7 @@ async fn api_keys_guard_the_publish_api_but_not_probes() {
     std::fs::create_dir_all(&dir).expect("tmp");
     let file = dir.join("keys");
     std::fs::write(&file, "# rotated monthly\nsecond-key-from-a-file\n").expect("write");
-    let gw = Gateway::start(&[
+    let gw = herald().start(&[
         "--api-key",
         "first-key-on-the-cmdline",
         "--api-keys-file",
@@ -616,8 +629,7 @@ async fn api_keys_guard_the_publish_api_but_not_probes() {
         "metrics stay open"
     );
     let cli = |key: Option<&str>| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
-        c.env_clear();
+        let mut c = herald().command();
         c.args(["publish", "k", "e", "2", "--url"])
             .arg(format!("http://{}", gw.admin));
         if let Some(k) = key {
@@ -629,13 +641,13 @@ async fn api_keys_guard_the_publish_api_but_not_probes() {
     let refused = cli(None);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("401"));
-    let err = Gateway::fail_to_start(&["--api-key", "short"], &[]);
+    let err = herald().fail_to_start(&["--api-key", "short"], &[]);
     assert!(err.contains("16 bytes"), "{err}");
 }
 
 #[tokio::test]
 async fn command_floods_are_rate_limited_then_closed() {
-    let gw = Gateway::start(&["--command-rate", "5", "--command-burst", "5"]);
+    let gw = herald().start(&["--command-rate", "5", "--command-burst", "5"]);
     let mut c = gw.connected().await;
     for i in 0..20 {
         c.send(json!({"op":"ping","id":1000 + i})).await;
@@ -657,9 +669,12 @@ async fn command_floods_are_rate_limited_then_closed() {
         limited >= 10,
         "most of a burst of 20 is refused, got {limited}"
     );
-    // The bucket refills: the connection is usable again.
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(c.request(json!({"op":"ping"})).await["op"], "pong");
+    // The bucket refills: the connection is usable again (meanwhile each
+    // ping is answered with rate_limited).
+    eventually("a ping is answered with pong", async || {
+        c.request(json!({"op":"ping"})).await["op"] == "pong"
+    })
+    .await;
     // Other clients were never affected.
     let mut other = gw.connected().await;
     assert_eq!(other.request(json!({"op":"ping"})).await["op"], "pong");
@@ -686,13 +701,13 @@ fn upgrade_request(addr: std::net::SocketAddr, origin: Option<&str>) -> String {
 
 #[tokio::test]
 async fn admission_limits_refuse_before_a_session_starts() {
-    let gw = Gateway::start(&[
+    let gw = herald().start(&[
         "--max-connections",
         "2",
         "--allowed-origin",
         "https://app.example.com",
     ]);
-    let (s, _) = common::http(
+    let (s, _) = http(
         gw.public,
         upgrade_request(gw.public, Some("https://evil.example")),
     )
@@ -705,7 +720,7 @@ async fn admission_limits_refuse_before_a_session_starts() {
         gw.metric("herald_connections").await == 2.0
     })
     .await;
-    let (s, body) = common::http(gw.public, upgrade_request(gw.public, None)).await;
+    let (s, body) = http(gw.public, upgrade_request(gw.public, None)).await;
     assert_eq!(s, 503, "full node: {body}");
     assert_eq!(gw.metric("herald_connections_refused_total").await, 2.0);
     // Existing sessions are untouched.

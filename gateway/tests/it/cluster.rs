@@ -1,15 +1,12 @@
 //! Several real gateway processes on one real `redis-server`.
 
-mod common;
-
-use common::{Client, Event, Gateway, Redis, eventually, http_post};
+use crate::common::{Client, Event, Gateway, Redis, eventually, herald, http_post};
 use serde_json::json;
-use std::time::Duration;
 
 fn cluster(redis: &Redis, n: usize) -> Vec<Gateway> {
     (0..n)
         .map(|i| {
-            Gateway::start(&[
+            herald().start(&[
                 "--redis-url",
                 &redis.url(),
                 "--node-id",
@@ -68,6 +65,9 @@ async fn an_emit_on_any_node_reaches_every_node_exactly_once_in_order() {
         assert_eq!(r["op"], "emitted", "{r}");
     }
     api.await.expect("api publisher");
+    // Anything extra would reach a client before this last publication.
+    let (s, b) = nodes[2].publish("room", "last", json!(null)).await;
+    assert_eq!(s, 200, "{b}");
     for c in &mut clients {
         let msgs = expect_run(c, 0, 100).await;
         assert!(msgs.iter().all(|m| m["epoch"] == epoch));
@@ -83,7 +83,11 @@ async fn an_emit_on_any_node_reaches_every_node_exactly_once_in_order() {
                 "{source} messages in publish order"
             );
         }
-        c.silent_for(Duration::from_millis(200)).await;
+        let last = c.message().await;
+        assert_eq!(
+            (last["event"].as_str(), last["offset"].as_u64()),
+            (Some("last"), Some(101))
+        );
     }
     // Every node subscribed to Redis once, not once per client.
     for gw in &nodes {
@@ -98,19 +102,26 @@ async fn subscribing_while_others_publish_never_skips_or_repeats() {
     all_ready(&nodes).await;
     let total = 400u64;
     let admin = nodes[0].admin;
+    let (progress, published) = tokio::sync::watch::channel(0u64);
     let publisher = tokio::spawn(async move {
         for i in 0..total {
             let body = json!({"channel":"live","event":"e","data":i}).to_string();
             assert_eq!(http_post(admin, "/api/v1/publish", &body).await.0, 200);
+            progress.send_replace(i + 1);
         }
     });
-    // Clients join on the other node at staggered moments during the stream;
-    // each must see exactly the offsets after the one its `subscribed` named.
+    // Clients join on the other node at staggered points of the stream (the
+    // k-th after 50 k publications); each must see exactly the offsets after
+    // the one its `subscribed` named.
     let mut joiners = Vec::new();
     for k in 0..8u64 {
         let mut c = nodes[1].connected().await;
+        let mut published = published.clone();
         joiners.push(tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(30 * k)).await;
+            published
+                .wait_for(|n| *n >= 50 * k)
+                .await
+                .expect("publisher");
             let start = c.subscribe("live").await["offset"]
                 .as_u64()
                 .expect("offset");
@@ -186,7 +197,7 @@ async fn redis_outage_is_reported_and_recovered() {
 async fn a_node_starts_before_redis_and_becomes_ready() {
     let mut redis = Redis::start();
     redis.kill();
-    let gw = Gateway::start(&["--redis-url", &redis.url()]);
+    let gw = herald().start(&["--redis-url", &redis.url()]);
     assert_eq!(gw.ready().await, 503);
     let (s, _) = gw.publish("x", "e", json!(1)).await;
     assert_eq!(s, 503);
@@ -207,8 +218,8 @@ async fn a_draining_node_keeps_delivering_until_each_client_is_told_to_leave() {
     let url = redis.url();
     // Clients are told to leave at random moments over 16 s (80% of 20 s).
     let nodes = [
-        Gateway::start(&["--redis-url", &url, "--drain-timeout", "20s"]),
-        Gateway::start(&["--redis-url", &url]),
+        herald().start(&["--redis-url", &url, "--drain-timeout", "20s"]),
+        herald().start(&["--redis-url", &url]),
     ];
     all_ready(&nodes).await;
     let [draining, other] = &nodes;

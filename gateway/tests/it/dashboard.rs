@@ -2,9 +2,7 @@
 //! (deploy/prometheus/alerts.yml) only use metrics, and label values, that a
 //! real node exports: renaming a metric without updating them fails here.
 
-mod common;
-
-use common::{Gateway, Redis, eventually, http_get};
+use crate::common::{Redis, eventually, herald, http_get};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -260,7 +258,7 @@ async fn dashboard_and_alerts_use_only_exported_metrics() {
     // A Redis-backed node with a little traffic: a subscriber, an API publish
     // and a client emit, so broker lag, fan-out and queue histograms have samples.
     let redis = Redis::start();
-    let gw = Gateway::start(&["--redis-url", &redis.url()]);
+    let gw = herald().start(&["--redis-url", &redis.url()]);
     eventually("node ready", || async { gw.ready().await == 200 }).await;
     let mut c = gw.connected().await;
     c.subscribe("dashboard").await;

@@ -1,9 +1,7 @@
 //! Traces reach an OTLP collector with the caller's trace context, and logs
 //! can be JSON lines.
 
-mod common;
-
-use common::{Gateway, eventually, http};
+use crate::common::{eventually, herald, http};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -76,7 +74,7 @@ async fn api_publish_traces_continue_the_callers_trace() {
     let (addr, bodies) = collector().await;
     let endpoint = format!("http://{addr}");
     // Quiet logs must not switch tracing off.
-    let gw = Gateway::start_env(
+    let gw = herald().start_env(
         &["--log", "warn"],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
@@ -121,7 +119,7 @@ async fn api_publish_traces_continue_the_callers_trace() {
 
 #[tokio::test]
 async fn json_logs_are_one_object_per_line() {
-    let gw = Gateway::start(&["--log-format", "json"]);
+    let gw = herald().start(&["--log-format", "json"]);
     let mut c = gw.connected().await;
     c.subscribe("x").await;
     eventually("some log lines", || async {

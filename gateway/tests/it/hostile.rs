@@ -1,12 +1,13 @@
 //! Hostile input against a real node: each gets its documented answer and
 //! the node keeps serving a bystander client throughout.
 
-mod common;
-
-use common::{Client, Gateway, eventually, http, http_get, http_post_raw};
+use crate::common::{Client, Gateway, eventually, herald, http, http_get, http_post_raw};
 use fastwebsockets::{Frame, OpCode, Payload};
 use serde_json::{Value, json};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 /// A subscribed client that must keep receiving while others misbehave.
 async fn bystander(gw: &Gateway) -> Client {
@@ -23,7 +24,7 @@ async fn still_served(gw: &Gateway, c: &mut Client, n: u64) {
 
 #[tokio::test]
 async fn hostile_json_gets_clear_errors() {
-    let gw = Gateway::start(&[]);
+    let gw = herald().start(&[]);
     let mut calm = bystander(&gw).await;
     let mut c = gw.connected().await;
     c.subscribe("x").await;
@@ -105,7 +106,7 @@ async fn hostile_json_gets_clear_errors() {
 
 #[tokio::test]
 async fn one_mebibyte_frames_close_only_their_sender() {
-    let gw = Gateway::start(&[]);
+    let gw = herald().start(&[]);
     let mut calm = bystander(&gw).await;
     let mut c = gw.connected().await;
     let mib = json!({"op":"emit","channel":"x","event":"e","data":"z".repeat(1 << 20)}).to_string();
@@ -123,19 +124,34 @@ async fn one_mebibyte_frames_close_only_their_sender() {
 
 #[tokio::test]
 async fn a_thousand_subscribes_in_one_second() {
-    let gw = Gateway::start(&[]);
+    let gw = herald().start(&[]);
     let mut calm = bystander(&gw).await;
     let mut c = gw.connected().await;
     for i in 0..1000 {
         c.send(json!({"op":"subscribe","id":i + 1,"channel":format!("burst-{i}")}))
             .await;
     }
+    // Each command is either run (a subscription more) or refused (an error
+    // counted); the bystander holds the one other subscription.
+    eventually("the node has dealt with all 1000", async || {
+        gw.metric("herald_subscriptions").await - 1.0
+            + gw.metric("herald_client_errors_total").await
+            >= 1000.0
+    })
+    .await;
+    let subscribed = gw.metric("herald_subscriptions").await as u32 - 1;
+    let answered = gw
+        .metric(r#"herald_client_errors_total{code="rate_limited"}"#)
+        .await as u32;
+    assert_eq!(
+        gw.metric("herald_client_errors_total").await,
+        f64::from(1000 - subscribed),
+        "every refusal counted"
+    );
+    // Exactly those answers reach the client.
     let mut by_kind = std::collections::BTreeMap::<String, u32>::new();
-    // Read answers until the node has nothing more to say.
-    while let Ok(event) = tokio::time::timeout(Duration::from_millis(500), c.next_event()).await {
-        let common::Event::Frame(r) = event else {
-            panic!("closed during the burst")
-        };
+    for _ in 0..subscribed + answered {
+        let r = c.recv().await;
         let kind = match r["op"].as_str() {
             Some("error") => r["code"].as_str().unwrap_or_default().to_owned(),
             other => other.unwrap_or_default().to_owned(),
@@ -146,18 +162,18 @@ async fn a_thousand_subscribes_in_one_second() {
     // The burst allowance (200, plus what refills meanwhile) is admitted; the
     // next 100 refusals are answered with rate_limited, later ones only
     // counted; 1000 refusals would have closed the connection.
-    let subscribed = by_kind.get("subscribed").copied().unwrap_or(0);
+    assert_eq!(by_kind.get("subscribed"), Some(&subscribed), "{by_kind:?}");
     assert!((200..=256).contains(&subscribed), "{by_kind:?}");
-    let answered = by_kind.get("rate_limited").copied().unwrap_or(0);
+    assert_eq!(by_kind.get("rate_limited"), Some(&answered), "{by_kind:?}");
     assert!((100..=110).contains(&answered), "{by_kind:?}");
     assert_eq!(by_kind.len(), 2, "{by_kind:?}");
-    assert!(gw.metric("herald_client_errors_total").await >= f64::from(1000 - subscribed));
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(
-        c.request(json!({"op":"ping"})).await["op"],
-        "pong",
-        "usable again"
-    );
+    // Usable again once tokens come back; until then refusals go unanswered.
+    eventually("usable again", async || {
+        c.request_within(json!({"op":"ping"}), Duration::from_millis(100))
+            .await
+            .is_some_and(|r| r["op"] == "pong")
+    })
+    .await;
     assert_eq!(
         gw.metric("herald_subscriptions").await,
         f64::from(subscribed + 1)
@@ -167,19 +183,19 @@ async fn a_thousand_subscribes_in_one_second() {
 
 #[tokio::test]
 async fn a_half_open_connection_is_reaped_by_the_pong_deadline() {
-    let gw = Gateway::start(&["--ping-interval", "200ms", "--pong-timeout", "300ms"]);
+    let gw = herald().start(&["--ping-interval", "200ms", "--pong-timeout", "300ms"]);
     // The bystander answers pings while it waits for its message.
     let mut calm = bystander(&gw).await;
     let waiting = tokio::spawn(async move { calm.message().await });
     // A peer that vanished without a FIN: it never reads, never answers.
     let mut ghost = gw.connected().await;
     ghost.subscribe("calm").await;
-    let started = Instant::now();
+    // Closed for the missed pong (4002), not by anything slower.
     eventually("the silent session is closed with 4002", || async {
-        gw.metric("herald_disconnects_total").await >= 1.0
+        gw.metric(r#"herald_disconnects_total{code="4002"}"#).await >= 1.0
     })
     .await;
-    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(gw.metric("herald_disconnects_total").await, 1.0);
     // Its socket is released even though the peer never acknowledges the close.
     eventually("only the bystander is left", || async {
         gw.metric("herald_connections").await == 1.0
@@ -193,7 +209,7 @@ async fn a_half_open_connection_is_reaped_by_the_pong_deadline() {
 
 #[tokio::test]
 async fn plain_http_to_the_websocket_endpoint_is_told_what_to_do() {
-    let gw = Gateway::start(&[]);
+    let gw = herald().start(&[]);
     let mut calm = bystander(&gw).await;
     let (status, body) = http_get(gw.public, "/ws").await;
     assert_eq!(status, 426, "{body}");
@@ -215,7 +231,7 @@ async fn plain_http_to_the_websocket_endpoint_is_told_what_to_do() {
 
 #[tokio::test]
 async fn invalid_utf8_and_bad_opcodes_close_with_protocol_errors() {
-    let gw = Gateway::start(&[]);
+    let gw = herald().start(&[]);
     let mut calm = bystander(&gw).await;
     let mut c = gw.connected().await;
     c.send_frame(Frame::new(
@@ -239,67 +255,14 @@ async fn invalid_utf8_and_bad_opcodes_close_with_protocol_errors() {
     still_served(&gw, &mut calm, 1).await;
 }
 
-/// Delivery latencies (ms) of `n` API publishes at `rate`/s on `channel`,
-/// measured by every one of `subs` on arrival; checks none is lost or reordered.
-async fn delivery_latencies(
-    gw: &Gateway,
-    subs: Vec<Client>,
-    channel: &str,
-    rate: u64,
-    n: u64,
-) -> (Vec<Client>, Vec<f64>) {
-    let t0 = Instant::now();
-    let readers: Vec<_> = subs
-        .into_iter()
-        .map(|mut c| {
-            tokio::spawn(async move {
-                let mut lat = Vec::with_capacity(n as usize);
-                for i in 0..n {
-                    let m = c.message().await;
-                    let now = t0.elapsed().as_micros() as f64;
-                    assert_eq!(m["data"]["i"], i, "in order, none lost");
-                    let sent = m["data"]["us"].as_f64().expect("stamp");
-                    lat.push((now - sent) / 1000.0);
-                }
-                (c, lat)
-            })
-        })
-        .collect();
-    let gap = Duration::from_micros(1_000_000 / rate);
-    let mut next = tokio::time::Instant::now();
-    for i in 0..n {
-        let us = t0.elapsed().as_micros() as u64;
-        let body = json!({"channel": channel, "event":"t", "data": {"i": i, "us": us}}).to_string();
-        let (status, text) = http_post_raw(gw.admin, "/api/v1/publish", &body).await;
-        assert_eq!(status, 200, "{text}");
-        next += gap;
-        tokio::time::sleep_until(next).await;
-    }
-    let mut clients = Vec::new();
-    let mut all = Vec::new();
-    for r in readers {
-        let (c, lat) = r.await.expect("reader");
-        clients.push(c);
-        all.extend(lat);
-    }
-    all.sort_by(f64::total_cmp);
-    (clients, all)
-}
-
-fn pct(sorted: &[f64], p: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-/// One attacker connection at a time, one after another: each blasts commands and emits
-/// without pause until the node closes it, then comes back.
-async fn flood(
-    gw_public: std::net::SocketAddr,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> (u64, u64) {
-    use std::sync::atomic::Ordering;
-    let (mut sent, mut closes) = (0u64, 0u64);
+/// One attacker connection after another until `stop`: each sends 1,500
+/// commands (emits, subscribes, pings) without reading, then waits for the
+/// node to close it. Returns the close code of each; `cut` counts them as
+/// they come.
+async fn flood(public: SocketAddr, stop: Arc<AtomicBool>, cut: Arc<AtomicU64>) -> Vec<u16> {
+    let mut codes = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        let mut c = Client::open(gw_public).await;
+        let mut c = Client::open(public).await;
         c.send_text(r#"{"op":"connect"}"#).await;
         for i in 0..1500u32 {
             let cmd = match i % 3 {
@@ -308,60 +271,95 @@ async fn flood(
                 _ => r#"{"op":"ping"}"#,
             };
             c.send_text(cmd).await;
-            sent += 1;
         }
-        let (code, _) = c.closed().await;
-        assert!(matches!(code, 4502 | 4001), "flooder closed with {code}");
-        closes += 1;
+        codes.push(c.closed().await.0);
+        cut.fetch_add(1, Ordering::Relaxed);
     }
-    (sent, closes)
+    codes
 }
 
+/// Latency under a flood is measured by `herald-load flood` (see
+/// docs/benchmarks.md); this checks only what a user would notice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flooding_connection_barely_moves_other_clients_latency() {
-    let gw = Gateway::start(&[]);
+async fn a_flooding_connection_is_cut_off_and_other_clients_miss_nothing() {
+    let gw = herald().start(&[]);
     let mut subs = Vec::new();
     for _ in 0..20 {
         let mut c = gw.connected().await;
         c.subscribe("feed").await;
         subs.push(c);
     }
-    let (subs, base) = delivery_latencies(&gw, subs, "feed", 200, 400).await;
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // The attacker gets its own thread and runtime, so they compete with
+    let stop = Arc::new(AtomicBool::new(false));
+    let cut = Arc::new(AtomicU64::new(0));
+    // The attacker gets its own thread and runtime, so it competes with
     // the subscribers for the machine, not for the test's scheduler.
-    let (public, st) = (gw.public, stop.clone());
+    let (public, st, n) = (gw.public, stop.clone(), cut.clone());
     let attacker = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
-        rt.block_on(async move { flood(public, st).await })
+        rt.block_on(flood(public, st, n))
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (_subs, flooded) = delivery_latencies(&gw, subs, "feed", 200, 400).await;
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (sent, closes) = attacker.join().expect("attacker");
-    let (b50, b99) = (pct(&base, 0.5), pct(&base, 0.99));
-    let (f50, f99) = (pct(&flooded, 0.5), pct(&flooded, 0.99));
+    eventually("the node cuts off a first attacker", async || {
+        cut.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+
+    // Each subscriber reads until the end marker: every publication, once, in order.
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let mut next = 0u64;
+                loop {
+                    let m = c.message().await;
+                    if m["data"] == "end" {
+                        return next;
+                    }
+                    assert_eq!(m["data"], next, "in order, none lost or repeated");
+                    next += 1;
+                }
+            })
+        })
+        .collect();
+    // At least 400 publications, and on until two more attackers were cut
+    // off meanwhile: the flood lasts the whole stream.
+    let cut_before = cut.load(Ordering::Relaxed);
+    let mut published = 0u64;
+    while published < 400 || cut.load(Ordering::Relaxed) < cut_before + 2 {
+        assert!(
+            published < 100_000,
+            "the node stopped cutting off attackers"
+        );
+        let (status, body) = gw.publish("feed", "t", json!(published)).await;
+        assert_eq!(status, 200, "{body}");
+        published += 1;
+    }
+    let (status, body) = gw.publish("feed", "t", json!("end")).await;
+    assert_eq!(status, 200, "{body}");
+    for r in readers {
+        assert_eq!(r.await.expect("subscriber"), published);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let codes = attacker.join().expect("attacker");
     println!(
-        "delivery latency, 20 subscribers x 400 publications at 200/s: \
-         quiet p50 {b50:.2} ms p99 {b99:.2} ms; under flood p50 {f50:.2} ms p99 {f99:.2} ms \
-         ({sent} flood commands over {closes} attacker connections, each closed by the node)"
+        "{published} publications to 20 subscribers while {} attacker connections were cut off",
+        codes.len()
     );
-    assert!(closes >= 1, "the attacker's connections were cut off");
-    // Loose bound (shared 2-core CI machine): the figures above are the result.
+    assert!(codes.len() >= 3, "{codes:?}");
     assert!(
-        f99 <= b99 * 4.0 + 25.0,
-        "flood p99 {f99:.2} ms vs quiet {b99:.2} ms"
+        codes.iter().all(|&c| c == 4502),
+        "each attacker closed as a command flood: {codes:?}"
     );
+    assert!(gw.metric(r#"herald_disconnects_total{code="4502"}"#).await >= codes.len() as f64);
 }
 
 #[tokio::test]
 async fn a_subscriber_that_never_reads_is_cut_at_the_byte_bound() {
     const BOUND: usize = 1024 * 1024;
     // The frame bound is set out of reach: only the byte bound can act.
-    let gw = Gateway::start(&[
+    let gw = herald().start(&[
         "--outbound-queue-bytes",
         &BOUND.to_string(),
         "--outbound-queue",

@@ -1,8 +1,6 @@
 //! The examples in `docs/` run as written (with the port swapped for a test node's).
 
-mod common;
-
-use common::Gateway;
+use crate::common::herald;
 use std::path::Path;
 use std::process::Command;
 
@@ -29,7 +27,7 @@ fn blocks<'a>(md: &'a str, lang: &str) -> Vec<&'a str> {
 
 #[tokio::test]
 async fn api_curl_examples_succeed_against_a_node() {
-    let gw = Gateway::start(&[]);
+    let gw = herald().start(&[]);
     let mut sub = gw.connected().await;
     sub.subscribe("reviews").await;
     let md = doc("api.md");
@@ -91,12 +89,8 @@ fn example_config_in_the_docs_is_accepted() {
 }
 
 /// Runs the `herald` binary with nothing of the caller's environment.
-fn herald(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_herald"))
-        .args(args)
-        .env_clear()
-        .output()
-        .expect("run herald");
+fn run_herald(args: &[&str]) -> String {
+    let out = herald().command().args(args).output().expect("run herald");
     let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&out.stderr));
     text
@@ -112,7 +106,7 @@ fn the_flags_table_is_the_one_the_declarations_generate() {
         + start;
     assert_eq!(
         &md[start..end],
-        herald(&["config", "reference"]),
+        run_herald(&["config", "reference"]),
         "docs/configuration.md's flags table drifted: paste `herald config reference` over it"
     );
 }
@@ -140,7 +134,7 @@ fn documented_commands_print_what_the_docs_show() {
                 }
                 let args: Vec<&str> = cmd.split_whitespace().collect();
                 assert_eq!(
-                    herald(&args).trim_end(),
+                    run_herald(&args).trim_end(),
                     want.join("\n"),
                     "{page}: `herald {cmd}`"
                 );
