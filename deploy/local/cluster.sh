@@ -119,7 +119,11 @@ backend herald
     balance leastconn
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter 1s fall 2 rise 1
+    # PROXY protocol v2 names the client to the nodes (started with
+    # --proxy-protocol and this HAProxy as their trusted proxy), so their
+    # per-address limits see clients, not HAProxy. Health checks go to the
+    # admin port without it.
+    default-server inter 1s fall 2 rise 1 send-proxy-v2
 EOF
   for i in $(seq 1 "$nodes"); do
     echo "    server node-$i 127.0.0.1:$((base + i)) check port $((admin_base + i))"
@@ -175,7 +179,7 @@ up() {
   for i in $(seq 1 "$nodes"); do
     start "node-$i" "$herald" serve --node-id "node-$i" --listen "127.0.0.1:$((base + i))" \
       --admin-listen "127.0.0.1:$((admin_base + i))" --redis-url "redis://127.0.0.1:$redis_port" \
-      --drain-timeout 3s
+      --drain-timeout 3s --proxy-protocol --trusted-proxy 127.0.0.1
   done
   for i in $(seq 1 "$nodes"); do
     wait_for "node-$i" 15 http_ok "http://127.0.0.1:$((admin_base + i))/readyz"
@@ -190,7 +194,7 @@ up() {
   echo "Herald cluster: Redis, $nodes nodes, HAProxy (state and logs in $dir)"
   echo "  clients    ws://127.0.0.1:$lb_port/ws  (demo page http://127.0.0.1:$lb_port/)"
   for i in $(seq 1 "$nodes"); do
-    echo "  node-$i     ws://127.0.0.1:$((base + i))/ws  admin http://127.0.0.1:$((admin_base + i))"
+    echo "  node-$i     admin http://127.0.0.1:$((admin_base + i))  (its public port $((base + i)) expects HAProxy's PROXY header)"
   done
   echo "  redis      redis://127.0.0.1:$redis_port"
   echo "  stats      http://127.0.0.1:$stats_port/"

@@ -46,3 +46,8 @@ mod transport;
 /// replay test): reads arbitrary bytes as a client's WebSocket stream.
 #[doc(hidden)]
 pub use transport::ws::read::fuzz_frames;
+
+/// Fuzzing entry point (the `proxy` target in `fuzz/`, and the corpus replay
+/// test): reads arbitrary bytes as a PROXY protocol header.
+#[doc(hidden)]
+pub use proxy_protocol::fuzz_proxy;

@@ -24,8 +24,6 @@
 //! - Every check runs as soon as its bytes are in, so a connection that is
 //!   not speaking the protocol fails at its first wrong byte.
 
-#![allow(dead_code)] // wired into the listeners by the server
-
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;

@@ -160,6 +160,35 @@ settings! {
     #[arg(long, env = "HERALD_ALLOWED_ORIGIN", value_name = "ORIGIN", value_delimiter = ',')]
     allowed_origin: Vec<String> => "server.allowed_origins" "" "any",
         |c, v| c.server.allowed_origins = v;
+    /// Time to send a complete request head, from connect or the previous response.
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT", value_parser = duration, value_name = "DURATION")]
+    header_timeout: Option<Duration> => "server.header_timeout" "(also the keep-alive idle timeout)" "",
+        |c, v| c.server.header_timeout = v;
+    /// Concurrent public connections per client address; 0 = no limit.
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP", value_name = "N")]
+    max_connections_per_ip: Option<usize> => "server.max_connections_per_ip" "" "",
+        |c, v| c.server.max_connections_per_ip = v;
+    /// New public connections per second per client address; 0 = no limit.
+    #[arg(long, env = "HERALD_CONNECTION_RATE_PER_IP", value_name = "N")]
+    connection_rate_per_ip: Option<u32> => "server.connection_rate_per_ip" "" "",
+        |c, v| c.server.connection_rate_per_ip = v;
+    /// New public connections per client address in a burst.
+    #[arg(long, env = "HERALD_CONNECTION_BURST_PER_IP", value_name = "N")]
+    connection_burst_per_ip: Option<u32> => "server.connection_burst_per_ip" "" "",
+        |c, v| c.server.connection_burst_per_ip = v;
+    /// Load balancer trusted to name the client (address or CIDR range); repeat
+    /// (or comma-separate in the env).
+    #[arg(long, env = "HERALD_TRUSTED_PROXY", value_name = "ADDR", value_delimiter = ',')]
+    trusted_proxy: Vec<String> => "server.trusted_proxies" "" "none",
+        |c, v| c.server.trusted_proxies = v;
+    /// Expect a PROXY protocol (v1 or v2) header on every public connection.
+    #[arg(long, env = "HERALD_PROXY_PROTOCOL", action = clap::ArgAction::SetTrue)]
+    proxy_protocol: bool => "server.proxy_protocol" "" "",
+        |c, v| c.server.proxy_protocol = v;
+    /// File descriptors kept free of public connections.
+    #[arg(long, env = "HERALD_FD_RESERVE", value_name = "N")]
+    fd_reserve: Option<usize> => "server.fd_reserve" "" "",
+        |c, v| c.server.fd_reserve = v;
     /// Close sockets that send no `connect` within this long.
     #[arg(long, env = "HERALD_CONNECT_TIMEOUT", value_parser = duration, value_name = "DURATION")]
     connect_timeout: Option<Duration> => "session.connect_timeout" "" "",

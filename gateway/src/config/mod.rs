@@ -191,6 +191,34 @@ pub struct ServerConfig {
     /// Browser origins allowed to open WebSockets (exact `scheme://host[:port]`);
     /// empty = any. Requests without an `Origin` header (non-browsers) pass.
     pub allowed_origins: Vec<String>,
+    /// Time a connection has to send a complete request head (and its PROXY
+    /// header), counted from when it opens or from the end of its previous
+    /// response; so it is also the keep-alive idle timeout. Without it, a
+    /// socket that sends half a request holds a file descriptor forever.
+    #[serde(with = "duration_str")]
+    pub header_timeout: Duration,
+    /// Concurrent connections one client address may hold on the public
+    /// listener, before and after upgrade; 0 = no limit. Sized so that a
+    /// NAT'd office does not reach it, and one address cannot take all the
+    /// node's file descriptors.
+    pub max_connections_per_ip: usize,
+    /// New public connections one client address may open per second,
+    /// sustained; 0 = no limit.
+    pub connection_rate_per_ip: u32,
+    /// New public connections one client address may open in a burst (a
+    /// whole office reconnecting after a restart).
+    pub connection_burst_per_ip: u32,
+    /// Load balancers trusted to name the client: addresses or CIDR ranges.
+    /// Only their `X-Forwarded-For`/`Forwarded` headers (and PROXY headers)
+    /// are believed; anyone else's are ignored.
+    pub trusted_proxies: Vec<String>,
+    /// Every public connection starts with a PROXY protocol (v1 or v2)
+    /// header, as HAProxy's `send-proxy` sends it. With `trusted_proxies`
+    /// set, connections from other peers are refused.
+    pub proxy_protocol: bool,
+    /// File descriptors kept free of public connections, so probes, the
+    /// admin listener and existing sessions keep working when the node is full.
+    pub fd_reserve: usize,
 }
 
 impl Default for ServerConfig {
@@ -203,6 +231,13 @@ impl Default for ServerConfig {
             worker_threads: None,
             max_connections: 0,
             allowed_origins: Vec::new(),
+            header_timeout: Duration::from_secs(10),
+            max_connections_per_ip: 1024,
+            connection_rate_per_ip: 200,
+            connection_burst_per_ip: 1000,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
+            fd_reserve: 256,
         }
     }
 }

@@ -70,6 +70,26 @@ impl Config {
         self.check_session(&mut p);
         self.check_broker(&mut p);
         self.check_exposure(&mut p);
+        let srv = &self.server;
+        p.check(
+            srv.header_timeout >= Duration::from_millis(100)
+                && srv.header_timeout <= Duration::from_secs(300),
+            "server",
+            || {
+                format!(
+                    "server.header_timeout must be between 100ms and 5m, got {:?}",
+                    srv.header_timeout
+                )
+            },
+        );
+        p.check(
+            srv.connection_rate_per_ip == 0 || srv.connection_burst_per_ip > 0,
+            "server",
+            || "server.connection_burst_per_ip must be at least 1 when connection_rate_per_ip is set".to_owned(),
+        );
+        if let Err(e) = crate::server::TrustedProxies::parse(&srv.trusted_proxies) {
+            p.add("server", format!("server.trusted_proxies: {e}"));
+        }
         if let Some(n) = self.server.worker_threads {
             p.check((1..=1024).contains(&n), "server", || {
                 format!("server.worker_threads must be 1 to 1024, got {n}")

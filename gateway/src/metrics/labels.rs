@@ -147,6 +147,40 @@ labels! {
         Draining => "draining",
         PerUser => "per_user",
         NotWebsocket => "not_websocket",
+        /// The client address is at `max_connections_per_ip`.
+        PerIp => "per_ip",
+        /// The client address opens connections faster than `connection_rate_per_ip`.
+        PerIpRate => "per_ip_rate",
+        /// The process is near its file-descriptor limit (`fd_reserve`).
+        FdReserve => "fd_reserve",
+        /// A PROXY protocol header was expected and is missing, malformed,
+        /// or came from a peer that is not a trusted proxy.
+        ProxyHeader => "proxy_header",
+    }
+}
+
+labels! {
+    /// Where a connection was when it ran out of time.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum TimeoutStage {
+        /// Before its PROXY protocol header was complete.
+        ProxyHeader => "proxy_header",
+        /// Before its first HTTP request head was complete.
+        RequestHead => "request_head",
+        /// Idle (or slow) between keep-alive requests.
+        KeepAlive => "keepalive",
+        /// A WebSocket that never sent `connect` (`connect_timeout`).
+        Connect => "connect",
+    }
+}
+
+labels! {
+    /// Why `accept` failed.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum AcceptError {
+        /// The process or system is out of file descriptors.
+        FdLimit => "fd_limit",
+        Other => "other",
     }
 }
 

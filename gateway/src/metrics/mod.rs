@@ -9,8 +9,9 @@ mod labels;
 
 use herald_proto::{CloseCode, ErrorCode};
 pub(crate) use labels::{
-    ApiRoute, ApiStatus, AuthFailure, AuthKind, BrokerOp, DenialAction, DenialReason, DropReason,
-    Ended, Label, RedisCommand, RedisResult, RefuseReason, Reload, ResetReason, Source, labels,
+    AcceptError, ApiRoute, ApiStatus, AuthFailure, AuthKind, BrokerOp, DenialAction, DenialReason,
+    DropReason, Ended, Label, RedisCommand, RedisResult, RefuseReason, Reload, ResetReason, Source,
+    TimeoutStage, labels,
 };
 
 use prometheus::{
@@ -80,6 +81,12 @@ pub(crate) struct Metrics {
     pub(crate) queue_depth: Histogram,
     /// Bytes waiting in all outbound queues, summed when scraped.
     pub(crate) queued_bytes: IntGauge,
+    /// TCP connections held on the listeners (before and after upgrade), read when scraped.
+    pub(crate) tcp_connections: IntGauge,
+    /// Connections closed for running out of time, by `stage`.
+    timeouts: IntCounterVec,
+    /// Failed `accept` calls, by `kind`.
+    accept_errors: IntCounterVec,
     /// Publications received from the broker for local subscribers.
     pub(crate) received: IntCounter,
     /// Redis commands and scripts, by `command` and `result` (ok, error, timeout).
@@ -348,6 +355,23 @@ impl Metrics {
                 "herald_outbound_queued_bytes",
                 "Bytes waiting in all sessions' outbound queues (summed at scrape time).",
             ),
+            tcp_connections: gauge(
+                &r,
+                "herald_tcp_connections",
+                "TCP connections held on the listeners, before and after upgrade.",
+            ),
+            timeouts: counter_vec(
+                &r,
+                "herald_connection_timeouts_total",
+                "Connections closed for running out of time, by stage.",
+                &["stage"],
+            ),
+            accept_errors: counter_vec(
+                &r,
+                "herald_accept_errors_total",
+                "Failed accept calls on the listeners, by kind.",
+                &["kind"],
+            ),
             received: counter(
                 &r,
                 "herald_broker_messages_received_total",
@@ -443,6 +467,8 @@ impl Metrics {
             ),
             (&self.refused, labels_of::<RefuseReason>()),
             (&self.jwks_reloads, labels_of::<Reload>()),
+            (&self.timeouts, labels_of::<TimeoutStage>()),
+            (&self.accept_errors, labels_of::<AcceptError>()),
         ]
     }
 
@@ -602,6 +628,15 @@ impl Metrics {
         self.api_duration
             .with_label_values(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    /// A connection closed for running out of time.
+    pub(crate) fn timeout(&self, stage: TimeoutStage) {
+        self.timeouts.with_label_values(&[stage.label()]).inc();
+    }
+
+    pub(crate) fn accept_error(&self, kind: AcceptError) {
+        self.accept_errors.with_label_values(&[kind.label()]).inc();
     }
 
     pub(crate) fn jwks_reload(&self, outcome: Reload) {

@@ -141,6 +141,7 @@ impl Timers {
     fn fire(&mut self, now: Instant) {
         let due = |d: &mut Option<Instant>| d.take_if(|d| *d <= now).is_some();
         if due(&mut self.connect_deadline) {
+            crate::metrics::metrics().timeout(crate::metrics::TimeoutStage::Connect);
             self.link.close_with(
                 CloseCode::ProtocolError,
                 "no connect frame within connect_timeout",

@@ -8,6 +8,15 @@
 //! at moments spread over `drain_timeout`, still delivering to each until
 //! its turn; stop the broker once the last session has left or the drain
 //! timed out; return.
+//!
+//! Below the routes, [`accept`] runs each listener's loop (time limits,
+//! PROXY protocol, per-address and file-descriptor admission from
+//! [`admission`]).
+
+mod accept;
+mod admission;
+
+pub(crate) use admission::TrustedProxies;
 
 use crate::api::{self, ApiState};
 use crate::auth::{Auth, UserConnections};
@@ -28,7 +37,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use fastwebsockets::upgrade::IncomingUpgrade;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -37,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-const DEMO_PAGE: &str = include_str!("../assets/demo.html");
+const DEMO_PAGE: &str = include_str!("../../assets/demo.html");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -65,6 +73,8 @@ struct AppState {
     /// Stops the broker's background tasks (pub/sub, expiry): cancelled only
     /// after the sessions have drained, so they keep receiving until then.
     broker_stop: CancellationToken,
+    /// What the listeners share: admission state and the accept loops' stop.
+    accept: Arc<accept::AcceptCtx>,
 }
 
 /// A node ready to serve: listeners bound, broker started.
@@ -144,6 +154,7 @@ impl Server {
                 tracker: TaskTracker::new(),
                 shutdown,
                 broker_stop,
+                accept: Arc::new(accept_ctx(&cfg.server)?),
             },
             max_payload: cfg.session.max_payload,
             api_keys: ApiState::hash_keys(&cfg.api.all_keys().map_err(ServerError::Config)?),
@@ -192,25 +203,16 @@ impl Server {
         // Listeners stay open through the drain: new WebSockets get 503 and
         // /readyz says "draining", so probes see why; they close once every
         // session has ended.
-        let mut servers = Vec::new();
-        let listeners = std::iter::once((self.public, public_app)).chain(admin_app);
-        for (listener, app) in listeners {
-            let sd = st.shutdown.clone();
-            let tracker = st.tracker.clone();
-            servers.push(tokio::spawn(async move {
-                // Deliveries are small frames that must leave at once: no Nagle.
-                let listener = listener.tap_io(|tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                    }
-                });
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        sd.cancelled().await;
-                        tracker.wait().await;
-                    })
-                    .await;
-            }));
+        let listeners = std::iter::once((self.public, true, public_app))
+            .chain(admin_app.map(|(l, app)| (l, false, app)));
+        let mut loops = Vec::new();
+        for (listener, public, app) in listeners {
+            loops.push(tokio::spawn(accept::serve(
+                listener,
+                public,
+                app,
+                Arc::clone(&st.accept),
+            )));
         }
         st.shutdown.cancelled().await;
         let drain = st.sessions.drain;
@@ -225,11 +227,43 @@ impl Server {
         }
         // Only now: until the last session has gone, it still receives.
         st.broker_stop.cancel();
-        for s in servers {
-            s.abort();
+        // Then the listeners close, and open HTTP connections finish their
+        // request in flight (briefly) or are dropped.
+        st.accept.stop.cancel();
+        for l in loops {
+            let _ = l.await;
         }
+        st.accept.conns.close();
+        let _ = tokio::time::timeout(Duration::from_secs(1), st.accept.conns.wait()).await;
         tracing::info!("stopped");
     }
+}
+
+/// The listeners' shared admission state, from `[server]`.
+fn accept_ctx(cfg: &crate::config::ServerConfig) -> Result<accept::AcceptCtx, ServerError> {
+    let trusted = TrustedProxies::parse(&cfg.trusted_proxies).map_err(|e| {
+        ServerError::Config(crate::config::ConfigError::Parse {
+            path: "server.trusted_proxies".into(),
+            message: e,
+        })
+    })?;
+    // The descriptor limit as the process has it now (main raised it to the hard limit).
+    let limit = rlimit::getrlimit(rlimit::Resource::NOFILE)
+        .map_or(u64::MAX, |(soft, _)| soft)
+        .min(usize::MAX as u64) as usize;
+    Ok(accept::AcceptCtx {
+        per_address: admission::PerAddress::new(admission::Limits {
+            max_per_ip: cfg.max_connections_per_ip,
+            rate_per_ip: cfg.connection_rate_per_ip,
+            burst_per_ip: cfg.connection_burst_per_ip,
+        }),
+        trusted,
+        fds: admission::FdBudget::new(limit, cfg.fd_reserve),
+        proxy_protocol: cfg.proxy_protocol,
+        header_timeout: cfg.header_timeout,
+        stop: CancellationToken::new(),
+        conns: TaskTracker::new(),
+    })
 }
 
 /// Without a configured secret: the nodes of one Redis share a generated
@@ -263,6 +297,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 async fn ws_upgrade(
     State(st): State<AppState>,
+    client: Option<axum::Extension<accept::Client>>,
     headers: axum::http::HeaderMap,
     upgrade: Result<IncomingUpgrade, StatusCode>,
 ) -> Response {
@@ -309,12 +344,37 @@ async fn ws_upgrade(
             "node is full; try another\n",
         );
     }
+    // Behind a trusted proxy, the client named by the forwarding headers is
+    // charged for the session (the proxy itself is not).
+    let mut behind_proxy = None;
+    if let Some(axum::Extension(c)) = &client {
+        let trusted = &st.accept.trusted;
+        if trusted.contains(c.ip) {
+            let hops = admission::forwarded_hops(&headers);
+            let real = trusted.client_from_headers(c.ip, hops.into_iter());
+            if !trusted.contains(real) {
+                match st.accept.per_address.admit(real) {
+                    Ok(slot) => behind_proxy = Some(slot),
+                    Err(reason) => {
+                        return refuse(
+                            reason,
+                            StatusCode::TOO_MANY_REQUESTS,
+                            "too many connections from this address\n",
+                        );
+                    }
+                }
+            }
+        }
+    }
     let (resp, fut) = match upgrade.upgrade() {
         Ok(x) => x,
         Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
     };
+    // The socket's charges now last as long as the session.
+    let charges = client.and_then(|axum::Extension(c)| c.charges.take());
     let ctx = st.sessions.clone();
     st.tracker.spawn(async move {
+        let _held = (charges, behind_proxy);
         match fut.await {
             Ok(ws) => transport::ws::run(ws.into_inner(), ctx).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
@@ -326,6 +386,12 @@ async fn ws_upgrade(
 async fn readyz(State(st): State<AppState>) -> Response {
     if st.shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else if st.accept.fds.is_short() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "near the file descriptor limit\n",
+        )
+            .into_response()
     } else if !st.node.is_ready() {
         (StatusCode::SERVICE_UNAVAILABLE, "broker unavailable\n").into_response()
     } else {
@@ -337,6 +403,7 @@ async fn metrics_text(State(st): State<AppState>) -> Response {
     // Summed at scrape time: the delivery path never touches a shared gauge.
     let queued = st.sessions.links.queued_bytes();
     metrics().queued_bytes.set(queued as i64);
+    metrics().tcp_connections.set(st.accept.fds.open() as i64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         metrics().render(),
