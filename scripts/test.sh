@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Runs Herald's whole test suite: formatting, lints, unit and integration
 # tests, alert rules, the Helm chart and deploy files, and a bounded fuzz run.
-# Installs what it needs (redis-server, curl; the check scripts install
+# Installs what it needs (redis-server, curl, haproxy; the check scripts install
 # prometheus, haproxy, python3-venv) with apt when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/apt-install.sh
-apt_install_missing redis-server:redis-server curl:curl
+apt_install_missing redis-server:redis-server curl:curl haproxy:haproxy
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

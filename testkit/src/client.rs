@@ -45,10 +45,31 @@ pub struct Client {
 
 impl Client {
     pub async fn open(addr: SocketAddr) -> Self {
-        let stream = tokio::net::TcpStream::connect(addr)
+        Self::try_open(addr, None, &[])
             .await
-            .expect("tcp connect");
-        let req = hyper::Request::builder()
+            .unwrap_or_else(|e| panic!("websocket handshake: {e}"))
+    }
+
+    /// Opens from a chosen local address (e.g. `127.0.0.2`, to look like
+    /// another client) with extra request headers; the error says why the
+    /// upgrade was refused (its HTTP status, when there was one).
+    pub async fn try_open(
+        addr: SocketAddr,
+        from: Option<std::net::IpAddr>,
+        headers: &[(&str, &str)],
+    ) -> Result<Self, String> {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .map_err(|e| e.to_string())?;
+        if let Some(ip) = from {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| format!("bind {ip}: {e}"))?;
+        }
+        let stream = socket.connect(addr).await.map_err(|e| e.to_string())?;
+        let mut req = hyper::Request::builder()
             .method("GET")
             .uri(format!("http://{addr}/ws"))
             .header("Host", addr.to_string())
@@ -58,18 +79,20 @@ impl Client {
                 "Sec-WebSocket-Key",
                 fastwebsockets::handshake::generate_key(),
             )
-            .header("Sec-WebSocket-Version", "13")
-            .body(Empty::<Bytes>::new())
-            .expect("request");
+            .header("Sec-WebSocket-Version", "13");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Empty::<Bytes>::new()).expect("request");
         let (ws, _) = fastwebsockets::handshake::client(&SpawnExecutor, req, stream)
             .await
-            .expect("websocket handshake");
-        Self {
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
             ws: FragmentCollector::new(ws),
             next_id: 100,
             pending: VecDeque::new(),
             auto_pong: true,
-        }
+        })
     }
 
     pub async fn send_text(&mut self, text: &str) {

@@ -335,7 +335,9 @@ impl Config {
                 ),
             );
         }
-        p.check(srv.admin_listen != Some(srv.listen), "server", || {
+        // Port 0 means "any free port": two of those never clash.
+        let clash = srv.admin_listen == Some(srv.listen) && srv.listen.port() != 0;
+        p.check(!clash, "server", || {
             "server.admin_listen must differ from server.listen".to_owned()
         });
     }

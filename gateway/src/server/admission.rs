@@ -359,9 +359,7 @@ mod tests {
             Some(RefuseReason::PerIpRate)
         );
         let later = t0 + Duration::from_millis(100);
-        let _kept = p
-            .admit_at(ip("10.0.0.1"), later)
-            .expect("refilled at 10/s");
+        let _kept = p.admit_at(ip("10.0.0.1"), later).expect("refilled at 10/s");
         drop(held);
         assert_eq!(p.open(ip("10.0.0.1")), 1);
     }

@@ -27,3 +27,8 @@ fn command_corpus_never_panics() {
 fn frames_corpus_never_panics() {
     assert!(replay("frames", herald::fuzz_frames) >= 10);
 }
+
+#[test]
+fn proxy_corpus_never_panics() {
+    assert!(replay("proxy", herald::fuzz_proxy) >= 10);
+}

@@ -9,6 +9,7 @@ mod common;
 
 mod auth;
 mod cluster;
+mod connections;
 mod dashboard;
 mod docs_examples;
 mod fuzz_corpus;
