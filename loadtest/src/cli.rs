@@ -27,6 +27,8 @@ pub enum Command {
     Channels(ChannelsArgs),
     /// A steady fan-out plus clients that connect, subscribe and leave.
     Churn(ChurnArgs),
+    /// Bystanders' delivery latency, quiet and then while connections flood the node.
+    Flood(FloodArgs),
 }
 
 /// Server kind behind `--url`.
@@ -149,6 +151,38 @@ pub struct ChurnArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct FloodArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribing bystanders, all on one channel.
+    #[arg(long, default_value_t = 20)]
+    pub subscribers: usize,
+    /// Publications per second through the API, in each phase.
+    #[arg(long, default_value_t = 200.0)]
+    pub rate: f64,
+    /// Seconds of publishing in each phase (quiet, then under attack).
+    #[arg(long, default_value_t = 2.0)]
+    pub duration: f64,
+    /// Padding bytes in each payload.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Concurrent publishing connections.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Seconds to wait for stragglers after each phase.
+    #[arg(long, default_value_t = 2.0)]
+    pub grace: f64,
+    /// Attacker connections at a time (to the first URL); each comes back
+    /// as soon as the node closes it.
+    #[arg(long, default_value_t = 1)]
+    pub attackers: usize,
+    /// Commands each attacker connection sends without reading (emit,
+    /// subscribe and ping in turn).
+    #[arg(long, default_value_t = 1500)]
+    pub commands_per_connection: usize,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct IdleArgs {
     #[command(flatten)]
     pub common: Common,
@@ -191,6 +225,7 @@ impl Command {
             Self::Idle(a) => &a.common,
             Self::Channels(a) => &a.common,
             Self::Churn(a) => &a.common,
+            Self::Flood(a) => &a.common,
         }
     }
 }

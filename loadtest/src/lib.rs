@@ -1,7 +1,7 @@
 //! `herald-load`: load-test tool for Herald and the Socket.IO peer.
 //!
-//! Scenarios (`fanout`, `idle`, `channels`, `churn`) live in [`delivery`] and
-//! [`idle`]; they drive many [`client`] tasks and the [`publish`]ers, account
+//! Scenarios (`fanout`, `idle`, `channels`, `churn`, `flood`) live in
+//! [`delivery`], [`idle`] and [`flood`]; they drive many [`client`] tasks and the [`publish`]ers, account
 //! deliveries with [`stats`], and return a [`report::Report`] that `main`
 //! prints, writes as JSON and draws with [`plot`]. Everything a test needs is
 //! public so a scenario can run in-process against a real node.
@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod client;
 pub mod delivery;
+pub mod flood;
 pub mod idle;
 pub mod net;
 pub mod plot;
@@ -31,6 +32,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<Report> {
         Command::Channels(a) => delivery::channels(a).await,
         Command::Churn(a) => delivery::churn(a).await,
         Command::Idle(a) => idle::idle(a).await,
+        Command::Flood(a) => flood::flood(a).await,
     }
 }
 

@@ -4,6 +4,7 @@
 use crate::stats::{LatencySummary, SeqCounts};
 use crate::sys::CpuReport;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -16,6 +17,9 @@ pub struct Report {
     pub clients: ClientsReport,
     pub delivery: Option<DeliveryReport>,
     pub churn: Option<ChurnReport>,
+    /// The quiet phase and the attackers of a `flood` run (`delivery` is
+    /// the phase under attack).
+    pub flood: Option<FloodReport>,
     /// Server memory per node (idle).
     pub memory: Vec<NodeMemory>,
     pub cpu: Option<CpuReport>,
@@ -85,6 +89,26 @@ pub struct ChurnReport {
     pub first_error: Option<String>,
     /// Connect + subscribe latency of churning clients.
     pub connect_subscribe: LatencySummary,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FloodReport {
+    /// Attacker connections at a time.
+    pub attackers: u64,
+    pub commands_per_connection: u64,
+    /// Attacker connections opened over the attack.
+    pub attack_connections: u64,
+    /// Commands the attackers sent.
+    pub attack_commands: u64,
+    pub attack_seconds: f64,
+    pub attack_commands_per_second: f64,
+    /// How attacker connections ended: by close code (`"4502"`), `reset`
+    /// or `left open`.
+    pub attack_closes: BTreeMap<String, u64>,
+    pub first_attack_error: Option<String>,
+    /// The same measurement before the attack.
+    pub quiet: Option<DeliveryReport>,
+    pub quiet_cpu: Option<CpuReport>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -208,6 +232,46 @@ impl Report {
                 );
             }
             latency_rows(&mut o, "latency", &d.latency);
+        }
+        if let Some(f) = &self.flood {
+            let closes: Vec<String> = f
+                .attack_closes
+                .iter()
+                .map(|(how, n)| format!("{how} × {}", thousands(*n)))
+                .collect();
+            let _ = writeln!(
+                o,
+                "  {:<24} {} at a time, {} connections, {} commands ({:.0}/s); ended: {}",
+                "attackers",
+                f.attackers,
+                thousands(f.attack_connections),
+                thousands(f.attack_commands),
+                f.attack_commands_per_second,
+                if closes.is_empty() {
+                    "none".to_owned()
+                } else {
+                    closes.join(", ")
+                }
+            );
+            if let Some(e) = &f.first_attack_error {
+                let _ = writeln!(o, "  {:<24} {e}", "first attacker error");
+            }
+            if let Some(q) = &f.quiet {
+                let _ = writeln!(
+                    o,
+                    "  {:<24} {} of {} delivered; lost {}, duplicated {}, out of order {}",
+                    "quiet phase",
+                    thousands(q.delivered),
+                    thousands(q.expected),
+                    thousands(q.lost),
+                    thousands(q.duplicated),
+                    thousands(q.out_of_order)
+                );
+                latency_rows(&mut o, "latency, quiet", &q.latency);
+            }
+            if let Some(d) = &self.delivery {
+                latency_rows(&mut o, "latency, under attack", &d.latency);
+            }
         }
         if let Some(ch) = &self.churn {
             let _ = writeln!(
