@@ -1,33 +1,21 @@
 //! Every scenario, run in-process for about a second with small numbers
 //! against a real `herald` node (and a real `redis-server` for the cluster
-//! case), checking that each report adds up. No timing thresholds.
+//! case), checking that each report adds up. No timing thresholds. Nodes
+//! and Redis come from the harness the gateway's tests use (herald-testkit).
 
 use clap::Parser;
 use herald_loadtest::cli::Cli;
 use herald_loadtest::report::Report;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use herald_testkit::{Gateway, Herald, Redis};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant};
 
-/// A child process killed by PID when dropped.
-struct Proc {
-    child: Child,
-    _stdout: Option<BufReader<ChildStdout>>,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn herald_bin() -> PathBuf {
+/// The `herald` binary of this build: Cargo gives integration tests only
+/// their own package's binaries, so it is found in the target directory
+/// this test runs from (whatever CARGO_TARGET_DIR says).
+fn herald() -> Herald {
     // target/debug/deps/scenarios-HASH → target/debug/herald
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
+    let bin: PathBuf = exe
         .parent()
         .and_then(|deps| deps.parent())
         .map(|dir| dir.join("herald"))
@@ -37,69 +25,16 @@ fn herald_bin() -> PathBuf {
         "{} is missing: build the workspace first: cargo build --workspace",
         bin.display()
     );
-    bin
+    Herald::at(bin)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-/// Starts a node on a kernel-chosen port; returns it and its base URL.
-fn start_herald(extra: &[&str]) -> (Proc, String) {
-    let mut child = Command::new(herald_bin())
-        .env_clear()
-        .args(["serve", "--listen", "127.0.0.1:0", "--log", "warn"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting herald");
-    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    out.read_line(&mut line).expect("herald's listening line");
-    // Kept open so the node never writes to a closed pipe.
-    let node = Proc {
-        child,
-        _stdout: Some(out),
-    };
-    let addr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("public="))
-        .unwrap_or_else(|| panic!("unexpected herald output: {line:?}"));
-    (node, format!("http://{addr}"))
-}
-
-fn start_redis() -> (Proc, String) {
-    let port = free_port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server not found: install it to run this test");
-    let proc_ = Proc {
-        child,
-        _stdout: None,
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            let mut buf = [0u8; 7];
-            if s.write_all(b"PING\r\n").is_ok()
-                && s.read_exact(&mut buf).is_ok()
-                && &buf == b"+PONG\r\n"
-            {
-                break;
-            }
-        }
-        assert!(Instant::now() < deadline, "redis-server did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (proc_, format!("redis://127.0.0.1:{port}"))
+/// A node on a kernel-chosen port with quiet logs; returns it and its base URL.
+fn start_herald(extra: &[&str]) -> (Gateway, String) {
+    let mut args = vec!["--log", "warn"];
+    args.extend_from_slice(extra);
+    let node = herald().start(&args);
+    let url = format!("http://{}", node.public);
+    (node, url)
 }
 
 async fn scenario(args: &[&str]) -> Report {
@@ -190,7 +125,8 @@ async fn fanout_through_client_emits() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fanout_straight_into_redis_reaches_a_cluster_node() {
-    let (_redis, redis_url) = start_redis();
+    let redis = Redis::start();
+    let redis_url = redis.url();
     let (_node, url) = start_herald(&["--redis-url", &redis_url]);
     let r = scenario(&[
         "fanout",
@@ -306,9 +242,57 @@ async fn idle_spreads_over_worker_processes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_measures_bystanders_quiet_and_under_attack() {
+    let (_node, url) = start_herald(&[]);
+    let r = scenario(&[
+        "flood",
+        "--url",
+        &url,
+        "--subscribers",
+        "10",
+        "--rate",
+        "100",
+        "--duration",
+        "0.5",
+        "--attackers",
+        "2",
+    ])
+    .await;
+    assert_eq!(r.scenario, "flood");
+    // Both phases balance their books; the attack is the delivery report.
+    assert_clean_delivery(&r, 10);
+    let f = r.flood.as_ref().expect("flood report");
+    let quiet = f.quiet.as_ref().expect("quiet phase");
+    assert_eq!((quiet.published, quiet.delivered), (50, 500));
+    assert_eq!(
+        (quiet.lost, quiet.duplicated, quiet.out_of_order),
+        (0, 0, 0)
+    );
+    assert_eq!(quiet.latency.count, 500);
+    // The node cut the attackers off as a command flood.
+    assert_eq!(f.attackers, 2);
+    assert!(f.attack_connections >= 2, "{f:?}");
+    assert!(
+        f.attack_closes.get("4502").is_some_and(|n| *n >= 1),
+        "{f:?}"
+    );
+    assert!(f.attack_commands >= 1500, "{f:?}");
+    let table = r.table();
+    assert!(
+        table.contains("latency, quiet") && table.contains("latency, under attack"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_target_is_a_clear_error() {
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
+    // Bound but not listening: the port is ours and refuses connections.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let url = format!("http://{addr}");
     let cli = Cli::try_parse_from(["herald-load", "fanout", "--url", &url, "--quiet"])
         .expect("valid arguments");
     let err = herald_loadtest::run(cli.cmd)
