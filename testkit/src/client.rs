@@ -237,7 +237,8 @@ impl Client {
         self.send(v).await;
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            // A reply is one small frame: it is never cut off half-read.
+            // Giving up mid-frame would lose its start: meant for small
+            // replies on an otherwise quiet connection.
             let f = match tokio::time::timeout_at(deadline, self.read_event()).await {
                 Err(_) => return None,
                 Ok(Event::Frame(f)) => f,
