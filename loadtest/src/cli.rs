@@ -4,6 +4,7 @@
 //! would, with `Cli::try_parse_from`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -29,6 +30,8 @@ pub enum Command {
     Churn(ChurnArgs),
     /// Bystanders' delivery latency, quiet and then while connections flood the node.
     Flood(FloodArgs),
+    /// Clients' connect and delivery latency, quiet and then while half-open connections from one address pile up.
+    Abuse(AbuseArgs),
 }
 
 /// Server kind behind `--url`.
@@ -183,6 +186,54 @@ pub struct FloodArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct AbuseArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Where the publish API and /metrics are (the node's admin listener);
+    /// without it they are reached on --url, so --attack-source must then
+    /// not be 127.0.0.1.
+    #[arg(long, value_name = "URL")]
+    pub admin_url: Option<String>,
+    /// Normal clients, all subscribed to one channel.
+    #[arg(long, default_value_t = 200)]
+    pub clients: usize,
+    /// Loopback addresses the normal clients connect from: 127.0.0.2 onwards.
+    #[arg(long, default_value_t = 4)]
+    pub client_addrs: u8,
+    /// Publications per second through the API, in each phase.
+    #[arg(long, default_value_t = 50.0)]
+    pub rate: f64,
+    /// Seconds of publishing in each phase (quiet, then under attack); more
+    /// than twice the node's --header-timeout shows how long attackers live.
+    #[arg(long, default_value_t = 20.0)]
+    pub duration: f64,
+    /// Padding bytes in each payload.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Concurrent publishing connections.
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Seconds to wait for stragglers after each phase.
+    #[arg(long, default_value_t = 2.0)]
+    pub grace: f64,
+    /// Extra connections per second, each closed once `connected`, timing
+    /// connects throughout each phase (0: none).
+    #[arg(long, default_value_t = 10.0)]
+    pub probe_rate: f64,
+    /// Half-open connections the attacker tries to hold (to the first URL);
+    /// each sends half a request head, then nothing.
+    #[arg(long, default_value_t = 3000)]
+    pub attackers: usize,
+    /// New attacker connections per second at most (the ramp, and re-opening
+    /// those the node closed or refused).
+    #[arg(long, default_value_t = 1000.0)]
+    pub attack_rate: f64,
+    /// The one loopback address every attacker connection comes from.
+    #[arg(long, default_value_t = Ipv4Addr::LOCALHOST)]
+    pub attack_source: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct IdleArgs {
     #[command(flatten)]
     pub common: Common,
@@ -226,6 +277,7 @@ impl Command {
             Self::Channels(a) => &a.common,
             Self::Churn(a) => &a.common,
             Self::Flood(a) => &a.common,
+            Self::Abuse(a) => &a.common,
         }
     }
 }

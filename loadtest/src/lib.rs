@@ -1,11 +1,12 @@
 //! `herald-load`: load-test tool for Herald and the Socket.IO peer.
 //!
-//! Scenarios (`fanout`, `idle`, `channels`, `churn`, `flood`) live in
-//! [`delivery`], [`idle`] and [`flood`]; they drive many [`client`] tasks and the [`publish`]ers, account
+//! Scenarios (`fanout`, `idle`, `channels`, `churn`, `flood`, `abuse`) live in
+//! [`delivery`], [`idle`], [`flood`] and [`abuse`]; they drive many [`client`] tasks and the [`publish`]ers, account
 //! deliveries with [`stats`], and return a [`report::Report`] that `main`
 //! prints, writes as JSON and draws with [`plot`]. Everything a test needs is
 //! public so a scenario can run in-process against a real node.
 
+pub mod abuse;
 pub mod cli;
 pub mod client;
 pub mod delivery;
@@ -33,6 +34,8 @@ pub async fn run(cmd: Command) -> anyhow::Result<Report> {
         Command::Churn(a) => delivery::churn(a).await,
         Command::Idle(a) => idle::idle(a).await,
         Command::Flood(a) => flood::flood(a).await,
+        // Its own report type; this is the attacked phase only.
+        Command::Abuse(a) => abuse::abuse(a).await.map(|r| r.summary()),
     }
 }
 

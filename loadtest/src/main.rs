@@ -31,6 +31,9 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Abuse(a) = &cli.cmd {
+        return herald_loadtest::abuse::main(rt, a.clone());
+    }
     let common = cli.cmd.common().clone();
     let report = match rt.block_on(run(cli.cmd)) {
         Ok(r) => r,

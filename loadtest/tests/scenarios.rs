@@ -4,7 +4,7 @@
 //! and Redis come from the harness the gateway's tests use (herald-testkit).
 
 use clap::Parser;
-use herald_loadtest::cli::Cli;
+use herald_loadtest::cli::{Cli, Command};
 use herald_loadtest::report::Report;
 use herald_testkit::{Gateway, Herald, Redis};
 use std::path::PathBuf;
@@ -280,6 +280,93 @@ async fn flood_measures_bystanders_quiet_and_under_attack() {
     let table = r.table();
     assert!(
         table.contains("latency, quiet") && table.contains("latency, under attack"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abuse_measures_clients_quiet_and_beside_half_open_connections() {
+    let node = herald().start(&[
+        "--log",
+        "warn",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--header-timeout",
+        "1s",
+    ]);
+    let (url, admin) = (
+        format!("http://{}", node.public),
+        format!("http://{}", node.admin),
+    );
+    let argv = [
+        "herald-load",
+        "abuse",
+        "--url",
+        &url,
+        "--admin-url",
+        &admin,
+        "--clients",
+        "10",
+        "--client-addrs",
+        "2",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--grace",
+        "1",
+        "--probe-rate",
+        "5",
+        "--attackers",
+        "20",
+        "--attack-rate",
+        "200",
+        "--quiet",
+        "--allow-client-bound",
+    ];
+    let Command::Abuse(a) = Cli::try_parse_from(argv).expect("valid arguments").cmd else {
+        panic!("abuse")
+    };
+    let r = herald_loadtest::abuse::abuse(a)
+        .await
+        .unwrap_or_else(|e| panic!("abuse failed: {e:#}"));
+    assert!(r.problems.is_empty(), "problems: {:?}", r.problems);
+    for p in [&r.quiet, &r.attacked] {
+        assert_eq!((p.clients.attempted, p.clients.failed), (10, 0));
+        assert_eq!(p.clients.latency.count, 10);
+        assert_eq!(p.probes.failed, 0, "{:?}", p.probes.first_error);
+        assert_eq!(p.probes.latency.count, p.probes.attempted);
+        let d = &p.delivery;
+        assert_eq!((d.published, d.publish_failed), (20, 0));
+        assert_eq!((d.expected, d.delivered), (200, 200));
+        assert_eq!((d.lost, d.duplicated, d.out_of_order), (0, 0, 0));
+        assert_eq!(d.latency.count, 200);
+    }
+    // The node closed the attacker's half-open connections at the header
+    // timeout, and says so in its metrics.
+    let at = &r.attack;
+    assert_eq!(at.source, "127.0.0.1");
+    assert!(at.opened >= 20 && at.attempted >= at.opened, "{at:?}");
+    assert!(at.peak_open >= 1, "{at:?}");
+    let silent = at
+        .endings
+        .get("closed silently")
+        .expect("timed-out attackers");
+    assert!(
+        silent.count >= 1 && silent.lifetime.count == silent.count,
+        "{at:?}"
+    );
+    let node = r.node.as_ref().expect("node counters");
+    assert!(
+        node.timeouts.get("request_head").is_some_and(|n| *n >= 1),
+        "{node:?}"
+    );
+    let json = serde_json::to_string(&r).expect("serializes");
+    let back: herald_loadtest::abuse::AbuseReport = serde_json::from_str(&json).expect("parses");
+    assert_eq!(back.attack.opened, at.opened);
+    let table = r.table();
+    assert!(
+        table.contains("under attack") && table.contains("closed silently"),
         "{table}"
     );
 }
