@@ -9,15 +9,17 @@
 #   loadtest/ab.sh BEFORE_BIN AFTER_BIN
 #
 # Knobs (env): CLIENTS (2000), DURATION (10 s per step), PAYLOAD (100 B),
-# RATES (deliveries/s steps, "100000 400000"), IDLE (connections, 10000),
+# RATES (deliveries/s steps, "100000 400000"), IDLE (connections, 10000; 0 skips),
 # ROUNDS (2), LOAD (herald-load binary, target/release/herald-load),
-# OUT (directory for JSON reports, target/ab).
+# OUT (directory for JSON reports, target/ab), BEFORE_ARGS / AFTER_ARGS
+# (extra `serve` flags per build, e.g. settings only the newer one knows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 [ $# -eq 2 ] || { echo "usage: $0 BEFORE_BIN AFTER_BIN" >&2; exit 2; }
 BINS=("$1" "$2")
 NAMES=(before after)
+EXTRA=("${BEFORE_ARGS:-}" "${AFTER_ARGS:-}")
 
 CLIENTS=${CLIENTS:-2000}
 DURATION=${DURATION:-10}
@@ -55,9 +57,10 @@ stop_all() {
   pids=()
   if [ -n "$redis_pidfile" ]; then kill "$(cat "$redis_pidfile")" 2>/dev/null || true; redis_pidfile=""; fi
 }
-node() { # BIN PORT ARGS...
-  local bin=$1 port=$2; shift 2
-  "$bin" serve --listen "127.0.0.1:$port" --worker-threads 1 --log warn "$@" >"$OUT/node-$port.log" 2>&1 &
+node() { # BIN PORT EXTRA ARGS...
+  local bin=$1 port=$2 extra=$3; shift 3
+  # shellcheck disable=SC2086 # EXTRA is a list of flags
+  "$bin" serve --listen "127.0.0.1:$port" --worker-threads 1 --log warn $extra "$@" >"$OUT/node-$port.log" 2>&1 &
   pids+=($!)
   wait_ready "http://127.0.0.1:$port"
 }
@@ -66,15 +69,15 @@ echo "| round | build | measure | p50 ms | p99 ms | delivered/s | KiB/conn |"
 echo "|---|---|---|---|---|---|---|"
 for round in $(seq "$ROUNDS"); do
   for i in 0 1; do
-    bin=${BINS[$i]} name=${NAMES[$i]}
+    bin=${BINS[$i]} name=${NAMES[$i]} extra=${EXTRA[$i]}
     rport=$(free_port)
     redis_pidfile="$OUT/redis-$rport.pid"
     redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
       --daemonize yes --pidfile "$redis_pidfile" >/dev/null
     for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
     p1=$(free_port); p2=$(free_port)
-    node "$bin" "$p1" --redis-url "redis://127.0.0.1:$rport"
-    node "$bin" "$p2" --redis-url "redis://127.0.0.1:$rport"
+    node "$bin" "$p1" "$extra" --redis-url "redis://127.0.0.1:$rport"
+    node "$bin" "$p2" "$extra" --redis-url "redis://127.0.0.1:$rport"
     for d in $RATES; do
       json="$OUT/$name-r$round-fanout-$d.json"
       "$LOAD" fanout -q --url "http://127.0.0.1:$p1" --url "http://127.0.0.1:$p2" \
@@ -83,8 +86,9 @@ for round in $(seq "$ROUNDS"); do
       jq_py "$json" '"| '"$round"' | '"$name"' | fanout '"$d"'/s | %.1f | %.1f | %d | |" % (r["delivery"]["latency"]["p50_us"]/1000, r["delivery"]["latency"]["p99_us"]/1000, r["delivery"]["deliveries_per_second"])'
     done
     stop_all
+    [ "$IDLE" -gt 0 ] || continue
     p=$(free_port)
-    node "$bin" "$p"
+    node "$bin" "$p" "$extra"
     json="$OUT/$name-r$round-idle.json"
     "$LOAD" idle -q --url "http://127.0.0.1:$p" --clients "$IDLE" --connect-rate 2000 --hold 5 --json "$json" >&2
     jq_py "$json" '"| '"$round"' | '"$name"' | idle '"$IDLE"' | | | | %.2f |" % (sum(m["kib_per_connection"] for m in r["memory"]) / len(r["memory"]))'

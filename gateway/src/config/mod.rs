@@ -202,8 +202,8 @@ pub struct ServerConfig {
     /// NAT'd office does not reach it, and one address cannot take all the
     /// node's file descriptors.
     pub max_connections_per_ip: usize,
-    /// New public connections one client address may open per second,
-    /// sustained; 0 = no limit.
+    /// New public connection attempts one client address may make per
+    /// second, sustained (refused ones count too); 0 = no limit.
     pub connection_rate_per_ip: u32,
     /// New public connections one client address may open in a burst (a
     /// whole office reconnecting after a restart).
@@ -232,7 +232,7 @@ impl Default for ServerConfig {
             max_connections: 0,
             allowed_origins: Vec::new(),
             header_timeout: Duration::from_secs(10),
-            max_connections_per_ip: 1024,
+            max_connections_per_ip: 4096,
             connection_rate_per_ip: 200,
             connection_burst_per_ip: 1000,
             trusted_proxies: Vec::new(),

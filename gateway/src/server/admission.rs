@@ -77,9 +77,9 @@ impl PerAddress {
             tokens: f64::from(l.burst_per_ip),
             last: now,
         });
-        if l.max_per_ip > 0 && e.open >= l.max_per_ip {
-            return Err(RefuseReason::PerIp);
-        }
+        // Every attempt costs a token, refused or not: an address that keeps
+        // knocking at its cap is slowed down when its held sockets time out,
+        // instead of refilling them all at once.
         if l.rate_per_ip > 0 {
             let refill = now.duration_since(e.last).as_secs_f64() * f64::from(l.rate_per_ip);
             e.tokens = (e.tokens + refill).min(f64::from(l.burst_per_ip));
@@ -88,6 +88,9 @@ impl PerAddress {
                 return Err(RefuseReason::PerIpRate);
             }
             e.tokens -= 1.0;
+        }
+        if l.max_per_ip > 0 && e.open >= l.max_per_ip {
+            return Err(RefuseReason::PerIp);
         }
         e.open += 1;
         Ok(AddressSlot {
@@ -405,6 +408,29 @@ mod tests {
         assert_eq!(hops, ["1.1.1.1", "2.2.2.2", "[2001:db8::1]:443", "3.3.3.3"]);
         assert_eq!(parse_hop(hops[2]), Some(ip("2001:db8::1")));
         assert_eq!(parse_hop("4.4.4.4:80"), Some(ip("4.4.4.4")));
+    }
+
+    #[test]
+    fn refused_attempts_still_cost_a_token() {
+        let p = PerAddress::new(Limits {
+            max_per_ip: 1,
+            rate_per_ip: 1,
+            burst_per_ip: 3,
+        });
+        let t0 = Instant::now();
+        let held = p.admit_at(ip("10.0.0.1"), t0).expect("first");
+        for _ in 0..2 {
+            assert_eq!(
+                p.admit_at(ip("10.0.0.1"), t0).err(),
+                Some(RefuseReason::PerIp)
+            );
+        }
+        drop(held);
+        // The cap is free again, but knocking at it used up the burst.
+        assert_eq!(
+            p.admit_at(ip("10.0.0.1"), t0).err(),
+            Some(RefuseReason::PerIpRate)
+        );
     }
 
     #[test]
