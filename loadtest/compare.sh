@@ -8,7 +8,8 @@
 #
 # Knobs (env): CLIENTS (2000), DURATION (10 s per step), PAYLOAD (100 B),
 # SWEEP (deliveries/s steps), COMMON (deliveries/s for the p50/p99 row),
-# IDLE (idle connections per server, 10000), OUT (directory for JSON reports).
+# IDLE (idle connections per server, 10000), OUT (directory for JSON reports),
+# NODE_THREADS (runtime threads per Herald node, 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -108,8 +109,10 @@ start_redis
 H1=$(free_port); H2=$(free_port)
 for p in "$H1" "$H2"; do
   # One runtime thread per node, like each single-threaded Node.js process of the peer.
+  # The load client opens thousands of connections from few addresses: no per-address limits.
   "$ROOT/target/release/herald" serve --listen "127.0.0.1:$p" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
-    --worker-threads "${HERALD_THREADS:-1}" --log warn >"$OUT/herald-$p.log" 2>&1 &
+    --worker-threads "${NODE_THREADS:-1}" --max-connections-per-ip 0 --connection-rate-per-ip 0 \
+    --log warn >"$OUT/herald-$p.log" 2>&1 &
   pids+=($!)
 done
 wait_ready "http://127.0.0.1:$H1"; wait_ready "http://127.0.0.1:$H2"

@@ -7,28 +7,28 @@
 #   deploy/local/cluster.sh down        stop exactly what `up` started
 #
 # Settings (environment, read by `up`; `status` and `down` use what `up` used):
-#   HERALD_CLUSTER_DIR         state: pids, logs, secrets [target/local-cluster]
-#   HERALD_CLUSTER_LB_PORT     HAProxy, for WebSocket clients [8800]
-#   HERALD_CLUSTER_PORT_BASE   node i listens on BASE+i [8800]
-#   HERALD_CLUSTER_ADMIN_BASE  node i's admin listener (API, metrics) on ADMIN_BASE+i [9800]
-#   HERALD_CLUSTER_REDIS_PORT  [6390]
-#   HERALD_CLUSTER_STATS_PORT  HAProxy stats page [8899]
-#   HERALD_CLUSTER_BIN         herald binary [target/release/herald, built if missing]
+#   CLUSTER_DIR         state: pids, logs, secrets [target/local-cluster]
+#   CLUSTER_LB_PORT     HAProxy, for WebSocket clients [8800]
+#   CLUSTER_PORT_BASE   node i listens on BASE+i [8800]
+#   CLUSTER_ADMIN_BASE  node i's admin listener (API, metrics) on ADMIN_BASE+i [9800]
+#   CLUSTER_REDIS_PORT  [6390]
+#   CLUSTER_STATS_PORT  HAProxy stats page [8899]
+#   CLUSTER_BIN         herald binary [target/release/herald, built if missing]
 # Other HERALD_* variables (HERALD_LOG, ...) are passed on to the nodes.
 # Needs redis-server, haproxy and curl; installs them with apt when missing.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
-dir=$(realpath -m "${HERALD_CLUSTER_DIR:-$root/target/local-cluster}")
-herald=$(realpath -m "${HERALD_CLUSTER_BIN:-$root/target/release/herald}")
-lb_port=${HERALD_CLUSTER_LB_PORT:-8800}
-base=${HERALD_CLUSTER_PORT_BASE:-8800}
-admin_base=${HERALD_CLUSTER_ADMIN_BASE:-9800}
-redis_port=${HERALD_CLUSTER_REDIS_PORT:-6390}
-stats_port=${HERALD_CLUSTER_STATS_PORT:-8899}
+dir=$(realpath -m "${CLUSTER_DIR:-$root/target/local-cluster}")
+herald=$(realpath -m "${CLUSTER_BIN:-$root/target/release/herald}")
+lb_port=${CLUSTER_LB_PORT:-8800}
+base=${CLUSTER_PORT_BASE:-8800}
+admin_base=${CLUSTER_ADMIN_BASE:-9800}
+redis_port=${CLUSTER_REDIS_PORT:-6390}
+stats_port=${CLUSTER_STATS_PORT:-8899}
 nodes=3
-# herald refuses unknown HERALD_* variables: keep ours away from the nodes.
-for v in $(compgen -e | grep '^HERALD_CLUSTER_' || true); do unset "$v"; done
+# The script's own settings are CLUSTER_*, never HERALD_*: the nodes refuse
+# unknown HERALD_* variables, and inherit this environment.
 
 usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 die() { echo "cluster: $*" >&2; exit 1; }

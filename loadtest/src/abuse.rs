@@ -23,9 +23,9 @@ use crate::delivery::endpoints;
 use crate::net::{self, Endpoint, Ws};
 use crate::plot;
 use crate::publish::{PublishOutcome, PublishPlan, Publishers};
-use crate::report::{ClientAnomaly, ClientsReport, DeliveryReport, Report};
+use crate::report::{ClientsReport, DeliveryReport, Report};
 use crate::scan;
-use crate::stats::{Latency, LatencyBatch, LatencySink, LatencySummary, SeqCounts, SeqTracker};
+use crate::stats::{Latency, LatencyBatch, LatencySink, LatencySummary, SeqTracker};
 use crate::sys::{self, CpuMeter, CpuReport};
 use anyhow::{Context, bail, ensure};
 use fastwebsockets::{Frame, OpCode};
@@ -53,8 +53,6 @@ const ATTACK_START: Duration = Duration::from_secs(60);
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// How often the node's `/metrics` is read during the attack.
 const NODE_SAMPLE_EVERY: Duration = Duration::from_secs(1);
-/// Most per-client anomaly rows kept.
-const MAX_ANOMALY_ROWS: usize = 1000;
 
 /// The outcome of an `abuse` run (`--json` writes it whole).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -637,24 +635,7 @@ fn close_books(ends: &[ClientEnd], published: &PublishOutcome) -> DeliveryReport
     d.publish_rate = d.published as f64 / d.publish_seconds.max(1e-9);
     for e in ends {
         let Some(t) = &e.tracker else { continue };
-        let c: SeqCounts = t.finish(end);
-        d.delivered += c.received;
-        d.lost += c.lost;
-        d.duplicated += c.duplicated;
-        d.out_of_order += c.out_of_order;
-        d.clients_with_loss += u64::from(c.lost > 0);
-        d.clients_with_duplicates += u64::from(c.duplicated > 0);
-        d.clients_with_reordering += u64::from(c.out_of_order > 0);
-        if !c.clean() && d.per_client_anomalies.len() < MAX_ANOMALY_ROWS {
-            d.per_client_anomalies.push(ClientAnomaly {
-                client: e.index,
-                counts: c,
-            });
-        }
-        if let Some(why) = &e.ended {
-            d.clients_dropped += 1;
-            d.first_drop_reason.get_or_insert_with(|| why.clone());
-        }
+        d.add_client(e.index, t.finish(end), e.ended.as_ref());
     }
     d
 }

@@ -11,7 +11,7 @@ use crate::client::{Channels, ClientPlan, Hold, Run, Setup, run_client};
 use crate::net::{self, Endpoint};
 use crate::progress::Progress;
 use crate::publish::{PublishOutcome, PublishPlan, Publishers};
-use crate::report::{ChurnReport, ClientAnomaly, ClientsReport, DeliveryReport, Report};
+use crate::report::{ChurnReport, ClientsReport, DeliveryReport, Report};
 use crate::stats::{Latency, SeqCounts};
 use crate::sys::CpuMeter;
 use anyhow::{Context, bail, ensure};
@@ -21,9 +21,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-
-/// Most per-client anomaly rows kept in the JSON report.
-const MAX_ANOMALY_ROWS: usize = 1000;
 
 /// How subscribers map to channels.
 #[derive(Debug, Clone, Copy)]
@@ -423,23 +420,7 @@ fn close_books(
             };
             c.add(&t.finish(end));
         }
-        d.delivered += c.received;
-        d.lost += c.lost;
-        d.duplicated += c.duplicated;
-        d.out_of_order += c.out_of_order;
-        d.clients_with_loss += u64::from(c.lost > 0);
-        d.clients_with_duplicates += u64::from(c.duplicated > 0);
-        d.clients_with_reordering += u64::from(c.out_of_order > 0);
-        if !c.clean() && d.per_client_anomalies.len() < MAX_ANOMALY_ROWS {
-            d.per_client_anomalies.push(ClientAnomaly {
-                client: o.index,
-                counts: c,
-            });
-        }
-        if let Some(e) = &o.ended {
-            d.clients_dropped += 1;
-            d.first_drop_reason.get_or_insert_with(|| e.clone());
-        }
+        d.add_client(o.index, c, o.ended.as_ref());
     }
     d
 }

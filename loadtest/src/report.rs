@@ -74,6 +74,31 @@ pub struct DeliveryReport {
     pub latency_curve: Vec<(f64, u64)>,
 }
 
+/// Clients whose anomalies are listed one by one; the rest are only counted.
+const MAX_ANOMALY_ROWS: usize = 1000;
+
+impl DeliveryReport {
+    /// Adds one client's sequence counts (and how its connection ended, if
+    /// it ended early) to the totals.
+    pub fn add_client(&mut self, client: usize, c: SeqCounts, ended: Option<&String>) {
+        self.delivered += c.received;
+        self.lost += c.lost;
+        self.duplicated += c.duplicated;
+        self.out_of_order += c.out_of_order;
+        self.clients_with_loss += u64::from(c.lost > 0);
+        self.clients_with_duplicates += u64::from(c.duplicated > 0);
+        self.clients_with_reordering += u64::from(c.out_of_order > 0);
+        if !c.clean() && self.per_client_anomalies.len() < MAX_ANOMALY_ROWS {
+            self.per_client_anomalies
+                .push(ClientAnomaly { client, counts: c });
+        }
+        if let Some(why) = ended {
+            self.clients_dropped += 1;
+            self.first_drop_reason.get_or_insert_with(|| why.clone());
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ClientAnomaly {
     pub client: usize,
