@@ -1249,22 +1249,8 @@ pub fn main(rt: tokio::runtime::Runtime, a: AbuseArgs) -> ExitCode {
         }
     };
     print!("{}", report.table());
-    let mut ok = true;
-    if let Err(e) = report.write_outputs(&common) {
-        eprintln!("error: {e:#}");
-        ok = false;
-    }
-    for p in &report.problems {
-        eprintln!("error: {p}");
-        ok = false;
-    }
-    // Connections may still be closing; do not wait for them.
-    rt.shutdown_background();
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    let written = report.write_outputs(&common);
+    crate::conclude(rt, written, &report.problems)
 }
 
 #[cfg(test)]

@@ -51,3 +51,28 @@ pub fn write_outputs(report: &Report, common: &Common) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// How a scenario command ends: its output files written (or why not) and
+/// its problems reported, then the runtime let go without waiting for
+/// connections that are still closing. Non-zero exit on anything wrong.
+pub fn conclude(
+    rt: tokio::runtime::Runtime,
+    written: anyhow::Result<()>,
+    problems: &[String],
+) -> std::process::ExitCode {
+    let mut ok = true;
+    if let Err(e) = written {
+        eprintln!("error: {e:#}");
+        ok = false;
+    }
+    for p in problems {
+        eprintln!("error: {p}");
+        ok = false;
+    }
+    rt.shutdown_background();
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}

@@ -43,20 +43,6 @@ fn main() -> ExitCode {
         }
     };
     print!("{}", report.table());
-    let mut ok = true;
-    if let Err(e) = write_outputs(&report, &common) {
-        eprintln!("error: {e:#}");
-        ok = false;
-    }
-    for p in &report.problems {
-        eprintln!("error: {p}");
-        ok = false;
-    }
-    // Connections may still be closing; do not wait for them.
-    rt.shutdown_background();
-    if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    let written = write_outputs(&report, &common);
+    herald_loadtest::conclude(rt, written, &report.problems)
 }
