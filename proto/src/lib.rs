@@ -8,12 +8,14 @@
 
 #![warn(missing_docs)]
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
 
 pub mod redis;
+pub mod schema;
 
 /// Longest channel name, in bytes.
 pub const MAX_CHANNEL_LEN: usize = 255;
@@ -25,7 +27,7 @@ pub const MAX_EVENT_LEN: usize = 128;
 /// Every field but `op` is optional at this level so that a frame with a bad
 /// field can still be answered with its `id`; [`Command::op`] tells which
 /// fields the operation needs and the session checks them.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 pub struct Command<'a> {
     /// What the client asks for.
     #[serde(borrow)]
@@ -88,6 +90,17 @@ impl Default for Op<'_> {
 }
 
 impl<'a> Op<'a> {
+    /// The spelling of every op the server knows, in the order the docs list them.
+    pub const KNOWN: [&'static str; 7] = [
+        "connect",
+        "subscribe",
+        "unsubscribe",
+        "emit",
+        "refresh",
+        "ping",
+        "pong",
+    ];
+
     fn from_str(s: &str) -> Option<Self> {
         Some(match s {
             "connect" => Self::Connect,
@@ -122,7 +135,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for Op<'a> {
 }
 
 /// A client's last seen position on a channel.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct Since<'a> {
     /// The channel's epoch when the client saw `offset`.
     #[serde(borrow)]
@@ -285,7 +298,7 @@ macro_rules! spelled_enum {
 
 spelled_enum! {
     /// Error codes carried by `{"op":"error"}` frames and the HTTP API.
-    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
     #[serde(rename_all = "snake_case")]
     pub enum ErrorCode {
         /// The command is malformed or invalid; the message says how.
@@ -419,7 +432,7 @@ impl CloseCode {
 }
 
 /// Replies and notices the server sends, except `message` (see [`MessageFrame`]).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, JsonSchema)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Reply<'a> {
     /// Answer to `connect`.
@@ -541,7 +554,7 @@ pub enum Reply<'a> {
 pub type ResumedChannels = std::collections::BTreeMap<String, ResumedChannel>;
 
 /// What a resume did with one channel of the reconnect token.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum ResumedChannel {
     /// Subscribed again; `recovered` tells whether every missed publication follows.
@@ -561,7 +574,7 @@ pub enum ResumedChannel {
 }
 
 /// An error as it appears inside other frames and in HTTP API bodies.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorBody {
     /// What kind of failure.
     pub code: ErrorCode,
@@ -613,7 +626,7 @@ fn write_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 /// A delivered `message` frame, as clients and tests read it.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, JsonSchema)]
 pub struct Message {
     /// The channel it was published on.
     pub channel: String,

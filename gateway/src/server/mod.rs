@@ -46,6 +46,20 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 const DEMO_PAGE: &str = include_str!("../../assets/demo.html");
+/// The browser build of the JS client (`clients/js`, `npm run build`), so a
+/// plain HTML page can `<script src="/herald.js">` without a build step.
+const CLIENT_BUNDLE: &str = include_str!("../../assets/herald.js");
+
+async fn client_bundle() -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        CLIENT_BUNDLE,
+    )
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -191,6 +205,7 @@ impl Server {
             );
         let public_routes = Router::new()
             .route("/", get(|| async { Html(DEMO_PAGE) }))
+            .route("/herald.js", get(client_bundle))
             .route("/ws", get(ws_upgrade))
             .with_state(st.clone());
         let (public_app, admin_app) = match self.admin {

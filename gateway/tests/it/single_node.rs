@@ -724,3 +724,14 @@ async fn admission_limits_refuse_before_a_session_starts() {
     // Existing sessions are untouched.
     assert_eq!(a.request(json!({"op":"ping"})).await["op"], "pong");
 }
+
+#[tokio::test]
+async fn the_js_client_bundle_is_served_at_herald_js() {
+    let gw = herald().start(&[]);
+    let (s, body) = http_get(gw.public, "/herald.js").await;
+    assert_eq!(s, 200);
+    let built = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/herald.js"))
+        .expect("gateway/assets/herald.js (npm run build in clients/js)");
+    assert!(body == built, "/herald.js is the committed bundle");
+    assert!(body.contains("herald-client"), "banner names the package");
+}
