@@ -4,8 +4,25 @@ import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
 import type { Command, ResumedChannel, ServerFrame, Since } from "./protocol.gen.js";
 
-/** The part of the WebSocket API the client uses (browsers' and `ws`'s both fit). */
+/**
+ * The part of the WebSocket API the client uses: the browser's `WebSocket`
+ * and the `ws` package's both fit. The handler properties are typed loosely
+ * so that either library's event types are accepted.
+ */
 export interface WebSocketLike {
+  readonly readyState: number;
+  send(data: string): void;
+  close(code?: number, reason?: string): void;
+  onopen: unknown;
+  onmessage: unknown;
+  onclose: unknown;
+  onerror: unknown;
+}
+
+export type WebSocketConstructor = new (url: string) => WebSocketLike;
+
+/** How the client drives a socket. */
+interface Socket {
   readonly readyState: number;
   send(data: string): void;
   close(code?: number, reason?: string): void;
@@ -14,8 +31,6 @@ export interface WebSocketLike {
   onclose: ((ev: { code: number; reason: string }) => void) | null;
   onerror: ((ev: unknown) => void) | null;
 }
-
-export type WebSocketConstructor = new (url: string) => WebSocketLike;
 
 /** Options of `new Herald(url, options)`. Every field is optional. */
 export interface HeraldOptions {
@@ -89,7 +104,7 @@ interface Pending {
 }
 
 interface Connection {
-  ws: WebSocketLike;
+  ws: Socket;
   url: string;
   connectId: number;
   /** Channels and whether their subscribe carried `since`, by request id. */
@@ -261,9 +276,9 @@ export class Herald extends Emitter<HeraldEvents> {
       if (!this.running || this.conn) return;
     }
     const url = this.url;
-    let ws: WebSocketLike;
+    let ws: Socket;
     try {
-      ws = new this.WS(url);
+      ws = new this.WS(url) as Socket;
     } catch (err) {
       this.report(err);
       this.rotate();
@@ -608,7 +623,7 @@ export class Herald extends Emitter<HeraldEvents> {
   }
 }
 
-function detach(ws: WebSocketLike): void {
+function detach(ws: Socket): void {
   ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
 }
 
