@@ -109,9 +109,9 @@ export function jwt(secret: string, claims: Record<string, unknown>): string {
 }
 
 /** Polls `cond` every 10 ms until it holds; false after `ms`. */
-export async function until(cond: () => boolean, ms: number): Promise<boolean> {
+export async function until(cond: () => boolean | Promise<boolean>, ms: number): Promise<boolean> {
   const deadline = Date.now() + ms;
-  while (!cond()) {
+  while (!(await cond())) {
     if (Date.now() > deadline) return false;
     await new Promise((r) => setTimeout(r, 10));
   }
@@ -119,7 +119,7 @@ export async function until(cond: () => boolean, ms: number): Promise<boolean> {
 }
 
 /** Like `until`, but throws with `what` on timeout. */
-export async function eventually(what: string, cond: () => boolean, ms = 20_000): Promise<void> {
+export async function eventually(what: string, cond: () => boolean | Promise<boolean>, ms = 20_000): Promise<void> {
   if (!(await until(cond, ms))) throw new Error(`timed out waiting for: ${what}`);
 }
 

@@ -1,0 +1,89 @@
+// The kill -9 scenario in headless Chromium: the page loads the bundle from
+// the node (`/herald.js`), exactly as a plain HTML page would.
+import { existsSync } from "node:fs";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import { chromium, type Browser } from "playwright-core";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { eventually, publish, startNode, startRedis, stopAll } from "../harness.js";
+
+/** Debian's `chromium` package; `CHROMIUM_BIN` points elsewhere. */
+const executablePath = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
+
+let browser: Browser;
+
+beforeAll(async () => {
+  if (!existsSync(executablePath)) throw new Error(`${executablePath} is missing: apt-get install chromium`);
+  browser = await chromium.launch({
+    executablePath,
+    args: [
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ], // playwright gives each launch a fresh profile of its own
+
+  });
+});
+afterAll(async () => {
+  await browser?.close();
+});
+afterEach(stopAll);
+
+describe("in a browser", () => {
+  it("kill -9 of the page's node while publishing at 200/s: every publication once, in order", async () => {
+    const redis = await startRedis();
+    const a = await startNode(["--redis-url", redis.url]);
+    const b = await startNode(["--redis-url", redis.url]);
+    const page = await browser.newPage();
+    const errors: string[] = [];
+    page.on("pageerror", (e) => errors.push(e.message));
+    page.on("console", (m) => {
+      if (m.type() === "error") errors.push(m.text());
+    });
+    // A plain HTML page, served from its own loopback origin, that loads the
+    // bundle node a serves; Chromium's local network checks treat it as a real site.
+    const html = `<!doctype html><script src="${a.http}/herald.js"></script><script>
+      window.seqs = []; window.log = [];
+      const herald = new Herald(${JSON.stringify([a.ws, b.ws])}, { backoff: { initialMs: 200 } });
+      herald.on("connected", (i) => log.push({ connected: i.node, resumed: i.resumed }));
+      herald.on("disconnected", (d) => log.push({ disconnected: d.code }));
+      herald.channel("ticker").on("tick", (data) => seqs.push(data.seq));
+    </script>`;
+    const site = createServer((_, res) => res.writeHead(200, { "content-type": "text/html" }).end(html));
+    await new Promise<void>((r) => site.listen(0, "127.0.0.1", r));
+    await page.goto(`http://127.0.0.1:${(site.address() as AddressInfo).port}/`);
+    const count = () => page.evaluate(() => (window as unknown as { seqs: number[] }).seqs.length);
+    const log = () => page.evaluate(() => (window as unknown as { log: Record<string, unknown>[] }).log);
+    await eventually("the page is connected to node a", async () => (await log()).some((l) => l.connected === a.id));
+
+    let sent = 0;
+    let stop = false;
+    const publishing = (async () => {
+      const start = Date.now();
+      while (!stop) {
+        const wait = start + (sent + 1) * 5 - Date.now();
+        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+        await publish(b, "ticker", "tick", { seq: sent + 1 });
+        sent++;
+      }
+    })();
+    await eventually("deliveries before the kill", async () => (await count()) >= 150);
+    a.kill("SIGKILL");
+    await eventually("resumed on node b", async () => (await log()).some((l) => l.connected === b.id && l.resumed === true));
+    const at = sent;
+    await eventually("publications after the resume", () => sent >= at + 200);
+    stop = true;
+    await publishing;
+    await eventually(`all ${sent} publications`, async () => (await count()) >= sent);
+    const seqs = await page.evaluate(() => (window as unknown as { seqs: number[] }).seqs);
+    expect(seqs).toEqual(Array.from({ length: sent }, (_, i) => i + 1));
+    // The only errors are the failed connection attempts to the dead node.
+    expect(errors.filter((e) => !e.includes(a.ws))).toEqual([]);
+    await page.close();
+    site.close();
+  });
+});
