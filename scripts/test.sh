@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Runs Herald's whole test suite: formatting, lints, unit and integration
 # tests, alert rules, the Helm chart and deploy files, and a bounded fuzz run.
-# Installs what it needs (redis-server, curl, haproxy; the check scripts install
-# prometheus, haproxy, python3-venv) with apt when missing.
+# Installs what it needs (redis-server, curl, haproxy, chromium, Node.js and
+# npm; the check scripts install prometheus, haproxy, python3-venv) with apt
+# when missing, and the JS packages with `npm ci` from their lockfiles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/apt-install.sh
-apt_install_missing redis-server:redis-server curl:curl haproxy:haproxy
+apt_install_missing redis-server:redis-server curl:curl haproxy:haproxy \
+  chromium:chromium node:nodejs npm:npm
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  echo "Node.js $(node --version) is too old: the JS client and its tests need Node.js 20 or later" >&2
+  exit 1
+fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
@@ -15,6 +22,9 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --locked "$@"
+echo "==> JS client: types, committed bundle, unit, Node and Chromium tests (clients/js)"
+cargo build --bin herald --locked
+(cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm run check)
 echo "==> alert rules and dashboard queries (promtool)"
 scripts/check-alerts.sh
 echo "==> Helm chart and deploy files"
