@@ -1,32 +1,16 @@
 // The kill -9 scenario in headless Chromium: the page loads the bundle from
 // the node (`/herald.js`), exactly as a plain HTML page would.
-import { existsSync } from "node:fs";
 import { createServer } from "node:http";
 import type { AddressInfo } from "node:net";
-import { chromium, type Browser } from "playwright-core";
+import type { Browser } from "playwright-core";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { launchChromium } from "../chromium.js";
 import { eventually, publish, startNode, startRedis, stopAll } from "../harness.js";
-
-/** Debian's `chromium` package; `CHROMIUM_BIN` points elsewhere. */
-const executablePath = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 
 let browser: Browser;
 
 beforeAll(async () => {
-  if (!existsSync(executablePath)) throw new Error(`${executablePath} is missing: apt-get install chromium`);
-  browser = await chromium.launch({
-    executablePath,
-    args: [
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-    ], // playwright gives each launch a fresh profile of its own
-
-  });
+  browser = await launchChromium();
 });
 afterAll(async () => {
   await browser?.close();
