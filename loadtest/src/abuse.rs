@@ -625,14 +625,8 @@ fn close_books(ends: &[ClientEnd], published: &PublishOutcome) -> DeliveryReport
         Some(&last) if last > 0 => last + 1,
         _ => 0,
     };
-    let mut d = DeliveryReport {
-        published: published.published,
-        publish_failed: published.failed,
-        publish_first_error: published.first_error.clone(),
-        publish_seconds: published.elapsed.as_secs_f64(),
-        ..DeliveryReport::default()
-    };
-    d.publish_rate = d.published as f64 / d.publish_seconds.max(1e-9);
+    let mut d = DeliveryReport::default();
+    published.fill(&mut d);
     for e in ends {
         let Some(t) = &e.tracker else { continue };
         d.add_client(e.index, t.finish(end), e.ended.as_ref());

@@ -6,6 +6,7 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +33,8 @@ pub enum Command {
     Flood(FloodArgs),
     /// Clients' connect and delivery latency, quiet and then while half-open connections from one address pile up.
     Abuse(AbuseArgs),
+    /// Clients that drop their connection every few seconds and resume: delivery through it.
+    Jitter(JitterArgs),
 }
 
 /// Server kind behind `--url`.
@@ -234,6 +237,71 @@ pub struct AbuseArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct JitterArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Subscribing clients, all on one channel (`jitter-0`; the room for Socket.IO).
+    #[arg(long, default_value_t = 10_000)]
+    pub clients: usize,
+    /// Initial connections opened per second (they are staggered).
+    #[arg(long, default_value_t = 1000.0)]
+    pub connect_rate: f64,
+    /// Publications per second.
+    #[arg(long, default_value_t = 2.0)]
+    pub rate: f64,
+    /// Publishing time (`180`, `180s`, `3m`); clients drop only meanwhile.
+    #[arg(long, default_value = "180s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Padding bytes in each payload.
+    #[arg(long, default_value_t = 100)]
+    pub payload: usize,
+    /// Publish path for Herald (Socket.IO always publishes through a client).
+    #[arg(long, value_enum, default_value_t = PublishVia::Api)]
+    pub publish_via: PublishVia,
+    /// Redis of the Herald cluster, for --publish-via redis.
+    #[arg(long, value_name = "URL")]
+    pub redis_url: Option<String>,
+    /// Concurrent publishing connections (Herald).
+    #[arg(long, default_value_t = 1)]
+    pub publishers: usize,
+    /// Mean time a client stays connected before it drops the TCP
+    /// connection without a close frame (0: never).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    pub drop_every: Duration,
+    /// Each online period is uniform in drop-every ± this.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drop_jitter: Duration,
+    /// Time offline after a drop, before the first reconnect attempt.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub offline: Duration,
+    /// Each offline period is uniform in offline ± this.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub offline_jitter: Duration,
+    /// Time after publishing stops for reconnects and replays to finish.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub grace: Duration,
+}
+
+/// Parses `180`, `1.5s`, `300ms` or `3m`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let bad = || format!("{s:?} is not a duration like 15s, 300ms, 1.5s or 3m");
+    let v: f64 = num.trim().parse().map_err(|_| bad())?;
+    let secs = match unit {
+        "" | "s" => v,
+        "ms" => v / 1000.0,
+        "m" => v * 60.0,
+        _ => return Err(bad()),
+    };
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct IdleArgs {
     #[command(flatten)]
     pub common: Common,
@@ -278,6 +346,7 @@ impl Command {
             Self::Churn(a) => &a.common,
             Self::Flood(a) => &a.common,
             Self::Abuse(a) => &a.common,
+            Self::Jitter(a) => &a.common,
         }
     }
 }
@@ -306,5 +375,24 @@ mod tests {
         assert_eq!(f.delivery.publish_via, PublishVia::Api);
         let cli = Cli::try_parse_from(["herald-load", "idle"]).expect("parses");
         assert_eq!(cli.cmd.common().urls, ["http://127.0.0.1:8080"]);
+    }
+
+    #[test]
+    fn jitter_defaults_and_durations() {
+        let cli =
+            Cli::try_parse_from(["herald-load", "jitter", "--drop-every", "1.5s"]).expect("parses");
+        let Command::Jitter(j) = cli.cmd else {
+            panic!("jitter")
+        };
+        assert_eq!(j.clients, 10_000);
+        assert_eq!(j.rate, 2.0);
+        assert_eq!(j.duration, Duration::from_secs(180));
+        assert_eq!(j.drop_every, Duration::from_millis(1500));
+        assert_eq!(j.offline_jitter, Duration::from_millis(500));
+        assert_eq!(parse_duration("3m"), Ok(Duration::from_secs(180)));
+        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_duration(" 2 "), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("2h").is_err() && parse_duration("-1s").is_err());
+        assert!(parse_duration("s").is_err());
     }
 }

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Bound on connect + hello + subscribe of one client.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
-const HERALD_PONG: &[u8] = br#"{"op":"pong"}"#;
+pub(crate) const HERALD_PONG: &[u8] = br#"{"op":"pong"}"#;
 
 /// State shared by every task of one run.
 pub struct Run {
@@ -140,13 +140,7 @@ pub async fn run_client(
         }),
     };
     let slot = plan.slot.and_then(|s| run.delivered.get(s));
-    let mut recv = Recv {
-        sink: &run.sink,
-        slot,
-        measure: plan.measure,
-        lat: LatencyBatch::new(index),
-        count: 0,
-    };
+    let mut recv = Recv::new(&run.sink, slot, plan.measure, index);
     let started = Instant::now();
     let setup = tokio::time::timeout(SETUP_TIMEOUT, async {
         let path = match plan.target {
@@ -213,7 +207,7 @@ pub async fn run_client(
         }
     };
     run.connected.fetch_sub(1, Ordering::Relaxed);
-    recv.lat.flush(&run.sink);
+    recv.flush();
     ClientOutcome {
         index,
         set_up: true,
@@ -223,7 +217,7 @@ pub async fn run_client(
 }
 
 /// Per-connection receive bookkeeping.
-struct Recv<'a> {
+pub(crate) struct Recv<'a> {
     sink: &'a LatencySink,
     slot: Option<&'a AtomicU64>,
     measure: bool,
@@ -231,8 +225,30 @@ struct Recv<'a> {
     count: u64,
 }
 
-impl Recv<'_> {
-    fn delivery(&mut self, t: Option<u64>) {
+impl<'a> Recv<'a> {
+    /// Counts into `slot` and, when `measure`, records latencies (batch `shard`).
+    pub(crate) fn new(
+        sink: &'a LatencySink,
+        slot: Option<&'a AtomicU64>,
+        measure: bool,
+        shard: usize,
+    ) -> Self {
+        Self {
+            sink,
+            slot,
+            measure,
+            lat: LatencyBatch::new(shard),
+            count: 0,
+        }
+    }
+
+    /// Hands the pending latency samples to the sink.
+    pub(crate) fn flush(&mut self) {
+        self.lat.flush(self.sink);
+    }
+
+    /// One delivery sent at `t` (µs since the epoch).
+    pub(crate) fn delivery(&mut self, t: Option<u64>) {
         self.count += 1;
         if let Some(s) = self.slot {
             s.store(self.count, Ordering::Relaxed);
@@ -417,7 +433,7 @@ impl Sio {
 }
 
 /// Sends a short static frame without allocating (masking needs a mutable copy).
-async fn send_small(ws: &mut Ws, bytes: &'static [u8]) -> anyhow::Result<()> {
+pub(crate) async fn send_small(ws: &mut Ws, bytes: &'static [u8]) -> anyhow::Result<()> {
     let mut buf = [0u8; 32];
     let n = bytes.len().min(buf.len());
     buf[..n].copy_from_slice(&bytes[..n]);
@@ -454,13 +470,7 @@ mod tests {
     fn herald_frames_drive_the_trackers() {
         let sink = LatencySink::new(1);
         let slot = AtomicU64::new(0);
-        let mut recv = Recv {
-            sink: &sink,
-            slot: Some(&slot),
-            measure: true,
-            lat: LatencyBatch::new(0),
-            count: 0,
-        };
+        let mut recv = Recv::new(&sink, Some(&slot), true, 0);
         let mut h = Herald {
             channels: Channels {
                 prefix: Arc::from("bench-"),

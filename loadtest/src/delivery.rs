@@ -86,6 +86,62 @@ pub async fn churn(a: ChurnArgs) -> anyhow::Result<Report> {
     .await
 }
 
+/// Clients' set-up results, as they report them.
+pub struct SetupTally {
+    /// Set-up time of those that succeeded.
+    pub latency: Latency,
+    pub failed: u64,
+    pub first_error: Option<String>,
+}
+
+impl SetupTally {
+    /// Reads until every sender is gone.
+    pub async fn collect(rx: &mut mpsc::UnboundedReceiver<Setup>) -> Self {
+        let mut t = Self {
+            latency: Latency::new(),
+            failed: 0,
+            first_error: None,
+        };
+        while let Some(s) = rx.recv().await {
+            match s.result {
+                Ok(d) => t.latency.record_duration(d),
+                Err(e) => {
+                    t.failed += 1;
+                    t.first_error.get_or_insert(e);
+                }
+            }
+        }
+        t
+    }
+
+    /// Fails when any of `clients` could not set up.
+    pub fn check(&self, clients: usize) -> anyhow::Result<()> {
+        if self.failed > 0 {
+            bail!(
+                "{} of {clients} clients could not connect and subscribe; first error: {}",
+                self.failed,
+                self.first_error.as_deref().unwrap_or_default()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Stops the clients and the progress line, then fails with `e`.
+pub async fn abort<T>(run: &Run, progress: Progress, e: anyhow::Error) -> anyhow::Result<T> {
+    run.stop.cancel();
+    progress.finish().await;
+    Err(e)
+}
+
+/// Waits until `expected` deliveries arrived or `grace` is over.
+pub async fn drain(run: &Run, expected: u64, grace: Duration) {
+    let end = Instant::now() + grace;
+    while run.delivered_total() < expected && Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Resolves every `--url`.
 pub async fn endpoints(urls: &[String]) -> anyhow::Result<Vec<Arc<Endpoint>>> {
     ensure!(!urls.is_empty(), "give at least one --url");
@@ -167,17 +223,28 @@ fn validate(s: &Spec) -> anyhow::Result<()> {
         (_, Layout::Fanout { channels: 0 }) => bail!("--channels must be at least 1"),
         _ => {}
     }
+    check_room(
+        s.clients,
+        s.common.target,
+        d.publish_via,
+        d.redis_url.as_deref(),
+    )
+}
+
+/// Room for `clients` sockets, and a Redis URL when publishing into Redis.
+pub fn check_room(
+    clients: usize,
+    target: Target,
+    via: PublishVia,
+    redis_url: Option<&str>,
+) -> anyhow::Result<()> {
     let fds = crate::sys::nofile_limit().saturating_sub(256);
     ensure!(
-        s.clients as u64 <= fds,
-        "{} clients need as many open files, but this process may open {fds} \
-         (soft limit raised to the hard limit); use `idle` for more connections",
-        s.clients
+        clients as u64 <= fds,
+        "{clients} clients need as many open files, but this process may open {fds} \
+         (soft limit raised to the hard limit); use `idle` for more connections"
     );
-    if s.common.target == Target::Herald
-        && d.publish_via == PublishVia::Redis
-        && d.redis_url.is_none()
-    {
+    if target == Target::Herald && via == PublishVia::Redis && redis_url.is_none() {
         bail!("--publish-via redis needs --redis-url (the Redis of the Herald cluster)");
     }
     Ok(())
@@ -221,27 +288,12 @@ async fn run(spec: Spec) -> anyhow::Result<Report> {
         )));
     }
     drop(tx);
-    let mut connect_latency = Latency::new();
-    let mut failed = 0u64;
-    let mut first_error = None;
-    while let Some(s) = rx.recv().await {
-        match s.result {
-            Ok(d) => connect_latency.record_duration(d),
-            Err(e) => {
-                failed += 1;
-                first_error.get_or_insert(e);
-            }
-        }
-    }
+    let setups = SetupTally::collect(&mut rx).await;
     let setup_seconds = setup_start.elapsed().as_secs_f64();
-    if failed > 0 {
-        run.stop.cancel();
-        progress.finish().await;
-        bail!(
-            "{failed} of {clients} clients could not connect and subscribe; first error: {}",
-            first_error.unwrap_or_default()
-        );
+    if let Err(e) = setups.check(clients) {
+        return abort(&run, progress, e).await;
     }
+    let connect_latency = setups.latency;
 
     // 2. Publishers, then the measured phase.
     let via = match target {
@@ -266,11 +318,7 @@ async fn run(spec: Spec) -> anyhow::Result<Report> {
     };
     let publishers = match Publishers::connect(plan, &eps[0]).await {
         Ok(p) => p,
-        Err(e) => {
-            run.stop.cancel();
-            progress.finish().await;
-            return Err(e.context("setting up the publishers"));
-        }
+        Err(e) => return abort(&run, progress, e.context("setting up the publishers")).await,
     };
     progress.phase("publishing");
     let cpu = CpuMeter::start();
@@ -299,10 +347,7 @@ async fn run(spec: Spec) -> anyhow::Result<Report> {
         Layout::OnePerClient => 1,
     };
     let expected = published.published * per_message;
-    let grace_end = Instant::now() + Duration::from_secs_f64(d.grace);
-    while run.delivered_total() < expected && Instant::now() < grace_end {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    drain(&run, expected, Duration::from_secs_f64(d.grace)).await;
     let churn = match churn_task {
         Some(t) => Some(t.await.context("churn driver")?),
         None => None,
@@ -319,11 +364,7 @@ async fn run(spec: Spec) -> anyhow::Result<Report> {
 
     // 4. Books.
     let mut delivery = close_books(&outcomes, &published, spec.layout, target);
-    delivery.published = published.published;
-    delivery.publish_failed = published.failed;
-    delivery.publish_first_error = published.first_error.clone();
-    delivery.publish_seconds = published.elapsed.as_secs_f64();
-    delivery.publish_rate = published.published as f64 / delivery.publish_seconds.max(1e-9);
+    published.fill(&mut delivery);
     delivery.subscribers_per_message = per_message;
     delivery.expected = expected;
     delivery.deliveries_per_second = delivery.delivered as f64 / measured.max(1e-9);
@@ -335,15 +376,7 @@ async fn run(spec: Spec) -> anyhow::Result<Report> {
         target: format!("{target:?}").to_lowercase(),
         urls: common.urls.clone(),
         params: spec.params,
-        clients: ClientsReport {
-            requested: clients as u64,
-            connected: clients as u64,
-            failed: 0,
-            first_error: None,
-            setup_seconds,
-            connect_rate: clients as f64 / setup_seconds.max(1e-9),
-            connect_latency: Some(connect_latency.summary()),
-        },
+        clients: ClientsReport::all_set_up(clients, setup_seconds, &connect_latency),
         cpu: Some(cpu),
         series,
         churn,
@@ -370,16 +403,7 @@ async fn run(spec: Spec) -> anyhow::Result<Report> {
 }
 
 fn problems(report: &mut Report, d: &DeliveryReport) {
-    if d.published == 0 {
-        report.problems.push("nothing was published".to_owned());
-    }
-    if d.publish_failed > 0 {
-        report.problems.push(format!(
-            "{} publications failed; first error: {}",
-            d.publish_failed,
-            d.publish_first_error.as_deref().unwrap_or("?")
-        ));
-    }
+    publish_problems(report, d);
     if d.lost > 0 || d.duplicated > 0 || d.out_of_order > 0 {
         report.problems.push(format!(
             "delivery check failed: {} lost, {} duplicated, {} out of order",
@@ -391,6 +415,20 @@ fn problems(report: &mut Report, d: &DeliveryReport) {
             "{} subscriber connections ended early; first: {}",
             d.clients_dropped,
             d.first_drop_reason.as_deref().unwrap_or("?")
+        ));
+    }
+}
+
+/// Nothing published, or publications that failed.
+pub fn publish_problems(report: &mut Report, d: &DeliveryReport) {
+    if d.published == 0 {
+        report.problems.push("nothing was published".to_owned());
+    }
+    if d.publish_failed > 0 {
+        report.problems.push(format!(
+            "{} publications failed; first error: {}",
+            d.publish_failed,
+            d.publish_first_error.as_deref().unwrap_or("?")
         ));
     }
 }
@@ -467,20 +505,14 @@ async fn churn_driver(
         i += 1;
     }
     drop(tx);
+    let setups = SetupTally::collect(&mut rx).await;
     let mut report = ChurnReport {
         started: i,
+        failed: setups.failed,
+        first_error: setups.first_error,
         ..ChurnReport::default()
     };
-    let mut lat = Latency::new();
-    while let Some(s) = rx.recv().await {
-        match s.result {
-            Ok(d) => lat.record_duration(d),
-            Err(e) => {
-                report.failed += 1;
-                report.first_error.get_or_insert(e);
-            }
-        }
-    }
+    let lat = setups.latency;
     for h in handles {
         match h.await {
             // Set-up failures were counted above.

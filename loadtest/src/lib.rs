@@ -1,7 +1,8 @@
 //! `herald-load`: load-test tool for Herald and the Socket.IO peer.
 //!
-//! Scenarios (`fanout`, `idle`, `channels`, `churn`, `flood`, `abuse`) live in
-//! [`delivery`], [`idle`], [`flood`] and [`abuse`]; they drive many [`client`] tasks and the [`publish`]ers, account
+//! Scenarios (`fanout`, `idle`, `channels`, `churn`, `flood`, `abuse`,
+//! `jitter`) live in [`delivery`], [`idle`], [`flood`], [`abuse`] and
+//! [`jitter`]; they drive many [`client`] tasks and the [`publish`]ers, account
 //! deliveries with [`stats`], and return a [`report::Report`] that `main`
 //! prints, writes as JSON and draws with [`plot`]. Everything a test needs is
 //! public so a scenario can run in-process against a real node.
@@ -12,6 +13,7 @@ pub mod client;
 pub mod delivery;
 pub mod flood;
 pub mod idle;
+pub mod jitter;
 pub mod net;
 pub mod plot;
 pub mod progress;
@@ -36,6 +38,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<Report> {
         Command::Flood(a) => flood::flood(a).await,
         // Its own report type; this is the attacked phase only.
         Command::Abuse(a) => abuse::abuse(a).await.map(|r| r.summary()),
+        Command::Jitter(a) => jitter::jitter(a).await,
     }
 }
 

@@ -62,6 +62,15 @@ pub struct PublishOutcome {
 }
 
 impl PublishOutcome {
+    /// Copies what was published, and how fast, into a delivery report.
+    pub fn fill(&self, d: &mut crate::report::DeliveryReport) {
+        d.published = self.published;
+        d.publish_failed = self.failed;
+        d.publish_first_error.clone_from(&self.first_error);
+        d.publish_seconds = self.elapsed.as_secs_f64();
+        d.publish_rate = self.published as f64 / d.publish_seconds.max(1e-9);
+    }
+
     fn absorb(&mut self, o: Self) {
         self.published += o.published;
         self.failed += o.failed;

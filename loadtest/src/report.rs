@@ -20,6 +20,8 @@ pub struct Report {
     /// The quiet phase and the attackers of a `flood` run (`delivery` is
     /// the phase under attack).
     pub flood: Option<FloodReport>,
+    /// Drops and reconnects of a `jitter` run.
+    pub jitter: Option<JitterReport>,
     /// Server memory per node (idle).
     pub memory: Vec<NodeMemory>,
     pub cpu: Option<CpuReport>,
@@ -42,6 +44,21 @@ pub struct ClientsReport {
     pub connect_rate: f64,
     /// Connect + `connect` + subscribe time per client.
     pub connect_latency: Option<LatencySummary>,
+}
+
+impl ClientsReport {
+    /// Every one of `clients` connected, in `setup_seconds`.
+    pub fn all_set_up(clients: usize, setup_seconds: f64, latency: &crate::stats::Latency) -> Self {
+        Self {
+            requested: clients as u64,
+            connected: clients as u64,
+            failed: 0,
+            first_error: None,
+            setup_seconds,
+            connect_rate: clients as f64 / setup_seconds.max(1e-9),
+            connect_latency: Some(latency.summary()),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -136,6 +153,38 @@ pub struct FloodReport {
     pub quiet_cpu: Option<CpuReport>,
 }
 
+/// What the clients of a `jitter` run went through. Expected deliveries
+/// (in [`DeliveryReport::expected`]) are, per client, every publication made
+/// after its first subscribe until publishing stopped.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct JitterReport {
+    /// Delivered (distinct) over expected, in percent.
+    pub delivered_percent: f64,
+    /// Connections the clients dropped on purpose (no close frame).
+    pub drops: u64,
+    /// Reconnects that got the client subscribed again.
+    pub reconnects: u64,
+    /// Reconnect attempts that failed (each retried with backoff).
+    pub reconnect_failures: u64,
+    pub first_reconnect_error: Option<String>,
+    /// Reconnects after which the missed messages were replayed.
+    pub recovered: u64,
+    /// Reconnects after which they were not: Herald `recovered: false`; a
+    /// Socket.IO reconnect without a recovered session.
+    pub unrecovered: u64,
+    /// Herald: resumes refused (`resumed: false`), then subscribed with `since`.
+    pub resubscribed: u64,
+    /// Connections the server ended (close frame, `disconnect`, reset).
+    pub server_closes: u64,
+    pub first_server_close: Option<String>,
+    /// Herald: resumes that came back in another epoch.
+    pub epoch_changes: u64,
+    /// Clients not connected when the run stopped.
+    pub offline_at_end: u64,
+    /// TCP connect to subscribed again, successful reconnects.
+    pub reconnect_latency: LatencySummary,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NodeMemory {
     pub url: String,
@@ -182,6 +231,45 @@ fn latency_rows(out: &mut String, title: &str, l: &LatencySummary) {
         ms(l.max_us),
         thousands(l.count)
     );
+}
+
+fn jitter_rows(o: &mut String, j: &JitterReport) {
+    let _ = writeln!(
+        o,
+        "  {:<24} {:.3}%",
+        "delivered of expected", j.delivered_percent
+    );
+    let _ = writeln!(
+        o,
+        "  {:<24} {} drops, {} reconnects, {} failed attempts, {} offline at the end",
+        "drops",
+        thousands(j.drops),
+        thousands(j.reconnects),
+        thousands(j.reconnect_failures),
+        thousands(j.offline_at_end)
+    );
+    if let Some(e) = &j.first_reconnect_error {
+        let _ = writeln!(o, "  {:<24} {e}", "first reconnect error");
+    }
+    let _ = writeln!(
+        o,
+        "  {:<24} {} recovered, {} unrecovered, {} resubscribed, {} epoch changes",
+        "recovery",
+        thousands(j.recovered),
+        thousands(j.unrecovered),
+        thousands(j.resubscribed),
+        thousands(j.epoch_changes)
+    );
+    if j.server_closes > 0 {
+        let _ = writeln!(
+            o,
+            "  {:<24} {} ({})",
+            "closed by the server",
+            thousands(j.server_closes),
+            j.first_server_close.as_deref().unwrap_or("?")
+        );
+    }
+    latency_rows(o, "reconnect", &j.reconnect_latency);
 }
 
 impl Report {
@@ -297,6 +385,9 @@ impl Report {
             if let Some(d) = &self.delivery {
                 latency_rows(&mut o, "latency, under attack", &d.latency);
             }
+        }
+        if let Some(j) = &self.jitter {
+            jitter_rows(&mut o, j);
         }
         if let Some(ch) = &self.churn {
             let _ = writeln!(

@@ -372,6 +372,59 @@ async fn abuse_measures_clients_quiet_and_beside_half_open_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jitter_clients_resume_across_two_nodes_without_loss() {
+    let redis = Redis::start();
+    let redis_url = redis.url();
+    let cluster = [
+        "--redis-url",
+        &redis_url,
+        "--max-connections-per-ip",
+        "0",
+        "--connection-rate-per-ip",
+        "0",
+    ];
+    let (_a, url_a) = start_herald(&cluster);
+    let (_b, url_b) = start_herald(&cluster);
+    let r = scenario(&[
+        "jitter",
+        "--url",
+        &url_a,
+        "--url",
+        &url_b,
+        "--clients",
+        "20",
+        "--rate",
+        "20",
+        "--duration",
+        "6s",
+        "--drop-every",
+        "1.5s",
+        "--drop-jitter",
+        "0.5s",
+        "--offline",
+        "0.3s",
+        "--offline-jitter",
+        "0.1s",
+        "--grace",
+        "3s",
+    ])
+    .await;
+    assert_clean_delivery(&r, 20);
+    let j = r.jitter.as_ref().expect("jitter report");
+    // Every client dropped a few times and came back each time, recovered.
+    assert!(j.drops >= 40, "{j:?}");
+    assert_eq!(j.reconnects, j.drops + j.server_closes, "{j:?}");
+    assert_eq!(j.recovered, j.reconnects, "{j:?}");
+    assert_eq!(
+        (j.unrecovered, j.epoch_changes, j.offline_at_end),
+        (0, 0, 0)
+    );
+    assert!((j.delivered_percent - 100.0).abs() < 1e-9);
+    assert_eq!(j.reconnect_latency.count, j.reconnects);
+    assert!(r.table().contains("unrecovered"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_target_is_a_clear_error() {
     // Bound but not listening: the port is ours and refuses connections.
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
