@@ -3,6 +3,7 @@
 // committed as gateway/assets/herald.js (the gateway serves it at /herald.js).
 //   npm run build               build everything, refresh the committed bundle
 //   npm run build -- --check    exit 1 when the committed bundle differs from a fresh build
+//   node scripts/build.mjs --dist-only   only dist/ (on install, and for the tests)
 import { build } from "esbuild";
 import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -42,6 +43,7 @@ async function main() {
   await build({ ...common, format: "cjs", outfile: here("dist/index.cjs") });
   execFileSync(process.execPath, [here("node_modules/typescript/bin/tsc"), "-p", here("tsconfig.build.json")], { stdio: "inherit" });
   writeFileSync(here("dist/herald.min.js"), bundle);
+  if (process.argv.includes("--dist-only")) return;
   writeFileSync(committedBundle, bundle);
   console.log(`built dist/ and gateway/assets/herald.js (${bundle.length} bytes)`);
 }

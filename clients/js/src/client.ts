@@ -506,6 +506,7 @@ export class Herald extends Emitter<HeraldEvents> {
     if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
     this.retryTimer = undefined;
     const conn = this.conn;
+    this.failPending(code, info.reason);
     this.dropConnection();
     if (conn) {
       detach(conn.ws);

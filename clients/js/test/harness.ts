@@ -61,9 +61,13 @@ export interface Node {
   exited: Promise<number | string>;
 }
 
-/** `herald serve` on port 0, with only the environment given here. */
+/**
+ * `herald serve` on port 0 (unless `args` has a `--listen`, e.g. to restart a
+ * node on its address), with only the environment given here.
+ */
 export async function startNode(args: string[] = [], env: Record<string, string> = {}): Promise<Node> {
-  const p = spawn(heraldBin(), ["serve", "--listen", "127.0.0.1:0", "--max-connections-per-ip", "0", ...args], {
+  const listen = args.includes("--listen") ? [] : ["--listen", "127.0.0.1:0"];
+  const p = spawn(heraldBin(), ["serve", ...listen, "--max-connections-per-ip", "0", ...args], {
     env: { HERALD_LOG: "info", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -87,6 +91,32 @@ export async function startNode(args: string[] = [], env: Record<string, string>
     kill: (signal) => p.kill(signal),
     exited,
   };
+}
+
+export interface Example {
+  /** The URL the example printed on its first line, e.g. `http://127.0.0.1:PORT/`. */
+  url: string;
+  pid: number;
+  logs(): string;
+}
+
+/**
+ * `node examples/NAME/server.mjs --port 0 ...args`, as its README says to run
+ * it (on a free port), with only the environment given here.
+ */
+export async function startExample(name: string, args: string[] = [], env: Record<string, string> = {}): Promise<Example> {
+  const p = spawn(process.execPath, [`${repo}examples/${name}/server.mjs`, "--port", "0", ...args], {
+    env,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  running.add(p);
+  let out = "";
+  p.stdout?.on("data", (d: Buffer) => (out += d.toString()));
+  p.stderr?.on("data", (d: Buffer) => (out += d.toString()));
+  await until(() => out.includes("\n") || p.exitCode !== null, 15_000);
+  const url = /http:\/\/\S+/.exec(out.split("\n")[0] ?? "")?.[0];
+  if (!url) throw new Error(`examples/${name}/server.mjs did not print its URL:\n${out}`);
+  return { url, pid: p.pid as number, logs: () => out };
 }
 
 /** Publishes through the HTTP API; resolves with the offset. */

@@ -1,0 +1,54 @@
+// What the examples' tests share: one Chromium per file, a fresh browser
+// context (one user) per page, and waits on what the page shows.
+import type { Browser, BrowserContext, Page } from "playwright-core";
+import { afterAll, afterEach, beforeAll } from "vitest";
+import { launchChromium } from "../chromium.js";
+import { stopAll } from "../harness.js";
+
+/**
+ * Registers this file's hooks: Chromium for the file; after each test, its
+ * pages closed, its processes stopped, and a failure if a page threw.
+ * Returns `open(url)`, which opens a page in a context of its own.
+ */
+export function examplePages(): (url: string) => Promise<Page> {
+  let browser: Browser | undefined;
+  const contexts: BrowserContext[] = [];
+  const errors: string[] = [];
+  beforeAll(async () => {
+    browser = await launchChromium();
+  });
+  afterEach(async () => {
+    await Promise.all(contexts.splice(0).map((c) => c.close()));
+    stopAll();
+    const thrown = errors.splice(0);
+    if (thrown.length > 0) throw new Error(`the page threw:\n${thrown.join("\n")}`);
+  });
+  afterAll(async () => {
+    await browser?.close();
+  });
+  return async (url) => {
+    if (!browser) throw new Error("no browser: examplePages() must be called at the top of the test file");
+    const context = await browser.newContext();
+    contexts.push(context);
+    const page = await context.newPage();
+    page.on("pageerror", (e) => errors.push(`${url}: ${e.message}`));
+    await page.goto(url);
+    return page;
+  };
+}
+
+/** Waits until the page's channel is subscribed: every example shows `live` in `#state` then. */
+export async function live(page: Page): Promise<void> {
+  await page.locator("#state", { hasText: /^live$/ }).waitFor();
+}
+
+/** Waits until an element matching `selector` contains `text`. */
+export async function shows(page: Page, selector: string, text: string): Promise<void> {
+  await page.locator(selector, { hasText: text }).waitFor();
+}
+
+/** POSTs `body` as JSON to the example's backend; throws unless it answers 2xx. */
+export async function post(url: string, body: unknown): Promise<void> {
+  const res = await fetch(url, { method: "POST", body: JSON.stringify(body) });
+  if (!res.ok) throw new Error(`POST ${url}: ${res.status} ${await res.text()}`);
+}
