@@ -1,21 +1,14 @@
 // The demo page every node serves at `/`, built on the SDK it serves at /herald.js.
-import type { Browser } from "playwright-core";
-import { afterAll, afterEach, beforeAll, expect, it } from "vitest";
-import { launchChromium } from "../chromium.js";
+import { afterEach, expect, it } from "vitest";
+import { useChromium } from "../chromium.js";
 import { publish, startNode, stopAll } from "../harness.js";
 
-let browser: Browser;
-beforeAll(async () => {
-  browser = await launchChromium();
-});
-afterAll(async () => {
-  await browser?.close();
-});
+const browser = useChromium();
 afterEach(stopAll);
 
 it("the demo page posts and receives reviews through the SDK", async () => {
   const node = await startNode();
-  const page = await browser.newPage();
+  const page = await browser().newPage();
   const errors: string[] = [];
   page.on("pageerror", (e) => errors.push(e.message));
   await page.goto(`${node.http}/`);

@@ -1,20 +1,10 @@
 // The kill -9 scenario in headless Chromium: the page loads the bundle from
 // the node (`/herald.js`), exactly as a plain HTML page would.
-import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
-import type { Browser } from "playwright-core";
-import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { launchChromium } from "../chromium.js";
+import { afterEach, describe, expect, it } from "vitest";
+import { servePage, useChromium } from "../chromium.js";
 import { eventually, publish, startNode, startRedis, stopAll } from "../harness.js";
 
-let browser: Browser;
-
-beforeAll(async () => {
-  browser = await launchChromium();
-});
-afterAll(async () => {
-  await browser?.close();
-});
+const browser = useChromium();
 afterEach(stopAll);
 
 describe("in a browser", () => {
@@ -22,7 +12,7 @@ describe("in a browser", () => {
     const redis = await startRedis();
     const a = await startNode(["--redis-url", redis.url]);
     const b = await startNode(["--redis-url", redis.url]);
-    const page = await browser.newPage();
+    const page = await browser().newPage();
     const errors: string[] = [];
     page.on("pageerror", (e) => errors.push(e.message));
     page.on("console", (m) => {
@@ -37,9 +27,8 @@ describe("in a browser", () => {
       herald.on("disconnected", (d) => log.push({ disconnected: d.code }));
       herald.channel("ticker").on("tick", (data) => seqs.push(data.seq));
     </script>`;
-    const site = createServer((_, res) => res.writeHead(200, { "content-type": "text/html" }).end(html));
-    await new Promise<void>((r) => site.listen(0, "127.0.0.1", r));
-    await page.goto(`http://127.0.0.1:${(site.address() as AddressInfo).port}/`);
+    const site = await servePage(html);
+    await page.goto(site.url);
     const count = () => page.evaluate(() => (window as unknown as { seqs: number[] }).seqs.length);
     const log = () => page.evaluate(() => (window as unknown as { log: Record<string, unknown>[] }).log);
     await eventually("the page is connected to node a", async () => (await log()).some((l) => l.connected === a.id));

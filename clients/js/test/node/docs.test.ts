@@ -2,11 +2,8 @@
 // `<!-- test: browser -->` run against a real node, as a reader would run them.
 import { spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
-import { createServer } from "node:http";
-import type { AddressInfo } from "node:net";
-import type { Browser } from "playwright-core";
-import { afterAll, afterEach, beforeAll, expect, it } from "vitest";
-import { launchChromium } from "../chromium.js";
+import { afterEach, expect, it } from "vitest";
+import { servePage, useChromium } from "../chromium.js";
 import { eventually, publish, repo, repoFile, startNode, stopAll } from "../harness.js";
 
 /** The code block right after `<!-- test: KIND -->`, with the docs' node address replaced. */
@@ -16,13 +13,7 @@ function snippet(kind: string, origin: string): string {
   return m[1].replaceAll("http://localhost:8080", origin);
 }
 
-let browser: Browser;
-beforeAll(async () => {
-  browser = await launchChromium();
-});
-afterAll(async () => {
-  await browser?.close();
-});
+const browser = useChromium();
 afterEach(stopAll);
 
 it("the Node quick start publishes and receives its review", async () => {
@@ -47,10 +38,9 @@ it("the Node quick start publishes and receives its review", async () => {
 
 it("the browser quick start shows a review published with curl's body", async () => {
   const node = await startNode();
-  const site = createServer((_, res) => res.writeHead(200, { "content-type": "text/html" }).end(snippet("browser", node.http)));
-  await new Promise<void>((r) => site.listen(0, "127.0.0.1", r));
-  const page = await browser.newPage();
-  await page.goto(`http://127.0.0.1:${(site.address() as AddressInfo).port}/`);
+  const site = await servePage(snippet("browser", node.http));
+  const page = await browser().newPage();
+  await page.goto(site.url);
   // The snippet's top-level `const reviews` is a global binding (not a window property).
   await eventually("the page is subscribed", async () => (await page.evaluate("reviews.state")) === "subscribed");
   await publish(node, "reviews", "review_added", { author: "ana", text: "Great!" });
