@@ -1,8 +1,8 @@
 // What the examples' tests share: one Chromium per file, a fresh browser
 // context (one user) per page, and waits on what the page shows.
-import type { Browser, BrowserContext, Page } from "playwright-core";
-import { afterAll, afterEach, beforeAll } from "vitest";
-import { launchChromium } from "../chromium.js";
+import type { BrowserContext, Page } from "playwright-core";
+import { afterEach } from "vitest";
+import { useChromium } from "../chromium.js";
 import { stopAll } from "../harness.js";
 
 /**
@@ -11,24 +11,17 @@ import { stopAll } from "../harness.js";
  * Returns `open(url)`, which opens a page in a context of its own.
  */
 export function examplePages(): (url: string) => Promise<Page> {
-  let browser: Browser | undefined;
+  const browser = useChromium();
   const contexts: BrowserContext[] = [];
   const errors: string[] = [];
-  beforeAll(async () => {
-    browser = await launchChromium();
-  });
   afterEach(async () => {
     await Promise.all(contexts.splice(0).map((c) => c.close()));
     stopAll();
     const thrown = errors.splice(0);
     if (thrown.length > 0) throw new Error(`the page threw:\n${thrown.join("\n")}`);
   });
-  afterAll(async () => {
-    await browser?.close();
-  });
   return async (url) => {
-    if (!browser) throw new Error("no browser: examplePages() must be called at the top of the test file");
-    const context = await browser.newContext();
+    const context = await browser().newContext();
     contexts.push(context);
     const page = await context.newPage();
     page.on("pageerror", (e) => errors.push(`${url}: ${e.message}`));
