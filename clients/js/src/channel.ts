@@ -182,6 +182,8 @@ export class Channel {
   refused(error: ErrorBody): void {
     if (!this.wanted) return;
     const err = new HeraldError(error.code, error.message, this.name);
+    // Error listeners first: `ready()` rejects with the server's code, not `closed`.
+    this.notify(this.errorListeners, err);
     if (error.code === "unavailable" || error.code === "rate_limited") {
       this.setState("subscribing");
       this.host.retryLater(this);
@@ -189,7 +191,6 @@ export class Channel {
       this.wanted = false;
       this.setState("unsubscribed");
     }
-    this.notify(this.errorListeners, err);
   }
 
   /** @internal One `message` frame for this channel. */

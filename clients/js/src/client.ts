@@ -155,9 +155,16 @@ export class Herald extends Emitter<HeraldEvents> {
   private readonly onOnline = () => this.reconnectNow();
   private readonly host: ChannelHost;
 
-  constructor(url: string | string[], options: HeraldOptions = {}) {
+  /**
+   * Where `new Herald()` connects without a URL: the browser bundle sets it
+   * to the origin it was loaded from (`<script src="https://node/herald.js">`).
+   */
+  static defaultUrl: string | undefined;
+
+  constructor(url?: string | string[], options: HeraldOptions = {}) {
     super();
-    const list = (Array.isArray(url) ? url : [url]).map(wsUrl);
+    const given = url ?? Herald.defaultUrl;
+    const list = (given === undefined ? [] : Array.isArray(given) ? given : [given]).map(wsUrl);
     if (list.length === 0) throw new TypeError("Herald needs at least one URL");
     this.urls = list;
     this.opts = options;

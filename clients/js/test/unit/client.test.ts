@@ -216,6 +216,22 @@ describe("resume", () => {
   });
 });
 
+describe("subscriptions", () => {
+  it("ready() resolves once subscribed, and rejects with the server's code when refused", async () => {
+    const h = client();
+    const ok = h.channel("news").ready();
+    const refused = h.channel("inbox#42").ready();
+    const s = FakeSocket.last.accept();
+    s.subscribed("news", "E", 0);
+    const sub = s.sent.find((f) => f.op === "subscribe" && f.channel === "inbox#42");
+    s.receive({ op: "error", id: sub?.id, code: "forbidden", message: "not yours", channel: "inbox#42" });
+    await expect(ok).resolves.toBeUndefined();
+    await expect(refused).rejects.toMatchObject({ code: "forbidden", channel: "inbox#42" });
+    expect(h.channel("news").state).toBe("subscribed");
+    h.disconnect();
+  });
+});
+
 describe("liveness", () => {
   it("answers pings, and takes silence past ping interval + grace as a dead connection", async () => {
     const h = client({ pingGraceMs: 2000 });
