@@ -10,8 +10,9 @@ afterEach(stopAll);
 describe("in a browser", () => {
   it("kill -9 of the page's node while publishing at 200/s: every publication once, in order", async () => {
     const redis = await startRedis();
-    const a = await startNode(["--redis-url", redis.url]);
-    const b = await startNode(["--redis-url", redis.url]);
+    // History covering a few seconds at 200/s: the page is offline until it reconnects.
+    const a = await startNode(["--redis-url", redis.url, "--history-size", "1000"]);
+    const b = await startNode(["--redis-url", redis.url, "--history-size", "1000"]);
     const page = await browser().newPage();
     const errors: string[] = [];
     page.on("pageerror", (e) => errors.push(e.message));

@@ -55,9 +55,14 @@ describe("failover between real nodes", () => {
   for (const [signal, code] of [["SIGKILL", 1006], ["SIGTERM", 4000]] as const) {
     it(`${signal} of the client's node while publishing at 200/s: every publication once, in order`, async () => {
       const redis = await startRedis();
-      const a = await startNode(["--redis-url", redis.url, "--drain-timeout", "2s"]);
-      const b = await startNode(["--redis-url", redis.url]);
+      // History must cover the time offline: at 200/s, the default 100
+      // publications are 0.5 s, less than the client's 1 s drain window.
+      const history = ["--history-size", "1000"];
+      const a = await startNode(["--redis-url", redis.url, "--drain-timeout", "2s", ...history]);
+      const b = await startNode(["--redis-url", redis.url, ...history]);
       const r = recorder([a.ws, b.ws], "ticker");
+      const unrecovered: Unrecovered[] = [];
+      r.ch.onUnrecovered((u) => unrecovered.push(u));
       await r.ch.ready();
       expect(r.connected[0]?.node).toBe(a.id);
       const publisher = publishAtRate(b, "ticker", 200);
@@ -68,6 +73,7 @@ describe("failover between real nodes", () => {
       await eventually("live publications after the resume", () => publisher.sent() >= resumedAt + 200);
       const total = await publisher.stop();
       await eventually(`all ${total} publications`, () => r.seqs.length >= total);
+      expect(unrecovered).toEqual([]);
       expect(r.seqs).toEqual(range(total));
       expect(r.offsets).toEqual(r.offsets.map((_, i) => (r.offsets[0] as number) + i));
       expect(r.disconnected[0]?.code).toBe(code);
