@@ -43,6 +43,44 @@ pub enum Command {
 pub enum Target {
     Herald,
     Socketio,
+    /// Herald's Socket.IO endpoint: clients speak Socket.IO (`/socket.io/`,
+    /// one namespace per channel); publications enter as for `herald`.
+    #[value(name = "herald-socketio")]
+    #[serde(rename = "herald-socketio")]
+    HeraldSocketio,
+}
+
+impl Target {
+    /// The server behind the URL: Herald's API and metrics, or the peer's.
+    pub fn server(self) -> Self {
+        match self {
+            Self::HeraldSocketio => Self::Herald,
+            t => t,
+        }
+    }
+
+    /// Whether clients speak Socket.IO over Engine.IO.
+    pub fn speaks_socketio(self) -> bool {
+        self != Self::Herald
+    }
+
+    /// The `--target` spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Herald => "herald",
+            Self::Socketio => "socketio",
+            Self::HeraldSocketio => "herald-socketio",
+        }
+    }
+
+    /// The Socket.IO namespace a client of `channel` joins: Herald maps a
+    /// namespace to a channel, the peer keeps everyone in `/`.
+    pub fn namespace(self, channel: &str) -> String {
+        match self {
+            Self::HeraldSocketio => format!("/{channel}"),
+            _ => String::new(),
+        }
+    }
 }
 
 /// How publications enter the system.

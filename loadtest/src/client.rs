@@ -134,18 +134,24 @@ pub async fn run_client(
             channels: plan.channels.clone(),
             connected: false,
         }),
-        Target::Socketio => Proto::Sio(Sio {
+        Target::Socketio | Target::HeraldSocketio => Proto::Sio(Sio {
             tracker: SeqTracker::starting_at(0),
             connected: false,
+            ns: plan.target.namespace(&plan.channels.name(0)),
+            event: match plan.target {
+                Target::HeraldSocketio => crate::publish::EVENT.as_bytes(),
+                _ => b"msg",
+            },
         }),
     };
     let slot = plan.slot.and_then(|s| run.delivered.get(s));
     let mut recv = Recv::new(&run.sink, slot, plan.measure, index);
     let started = Instant::now();
     let setup = tokio::time::timeout(SETUP_TIMEOUT, async {
-        let path = match plan.target {
-            Target::Herald => "/ws",
-            Target::Socketio => sio::WS_PATH,
+        let path = if plan.target.speaks_socketio() {
+            sio::WS_PATH
+        } else {
+            "/ws"
         };
         let mut ws = net::ws_connect(&plan.ep, path, plan.source).await?;
         proto.setup(&mut ws, &mut recv).await?;
@@ -266,6 +272,8 @@ enum Step {
     Continue,
     /// Send this small text frame.
     Send(&'static [u8]),
+    /// Send this text frame (built per connection).
+    SendOwned(Vec<u8>),
 }
 
 enum Proto {
@@ -284,6 +292,10 @@ struct Herald {
 struct Sio {
     tracker: SeqTracker,
     connected: bool,
+    /// `""` (the peer's default namespace) or `/channel` (Herald).
+    ns: String,
+    /// The publications' event name: the peer's `msg`, or what Herald publishers send.
+    event: &'static [u8],
 }
 
 impl Proto {
@@ -344,8 +356,10 @@ impl Proto {
                     Self::Herald(h) => h.on_frame(&frame.payload, recv)?,
                     Self::Sio(s) => s.on_frame(&frame.payload, recv)?,
                 };
-                if let Step::Send(bytes) = step {
-                    send_small(ws, bytes).await?;
+                match step {
+                    Step::Send(bytes) => send_small(ws, bytes).await?,
+                    Step::SendOwned(bytes) => send_text(ws, bytes).await?,
+                    Step::Continue => {}
                 }
                 Ok(())
             }
@@ -412,15 +426,17 @@ impl Herald {
 
 impl Sio {
     fn on_frame(&mut self, f: &[u8], recv: &mut Recv<'_>) -> anyhow::Result<Step> {
-        match sio::decode(f) {
-            sio::Packet::Event { name: b"msg", args } => {
+        match sio::decode_in(f, self.ns.as_bytes()) {
+            sio::Packet::Event { name, args } if name == self.event => {
                 let (t, s) = scan::payload_fields(args);
                 if let Some(s) = s {
                     self.tracker.observe(s);
                 }
                 recv.delivery(t);
             }
-            sio::Packet::Open(_) => return Ok(Step::Send(sio::CONNECT)),
+            sio::Packet::Open(_) => {
+                return Ok(Step::SendOwned(sio::connect_packet(&self.ns, None)));
+            }
             sio::Packet::Ping => return Ok(Step::Send(sio::PONG)),
             sio::Packet::Connect(_) => self.connected = true,
             sio::Packet::ConnectError(j) => bail!("Socket.IO connect refused: {}", lossy(j)),

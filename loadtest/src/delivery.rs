@@ -156,6 +156,7 @@ pub fn target_name(t: Target) -> &'static str {
     match t {
         Target::Herald => "Herald node",
         Target::Socketio => "Socket.IO node",
+        Target::HeraldSocketio => "Herald node (Socket.IO endpoint)",
     }
 }
 
@@ -220,6 +221,12 @@ fn validate(s: &Spec) -> anyhow::Result<()> {
         (Target::Socketio, Layout::Fanout { channels }) if channels != 1 => {
             bail!("the Socket.IO peer has a single room: use --channels 1")
         }
+        (Target::HeraldSocketio, Layout::OnePerClient) => bail!(
+            "the channels scenario needs --target herald: its clients subscribe with the Herald protocol"
+        ),
+        (Target::HeraldSocketio, Layout::Fanout { channels }) if channels != 1 => {
+            bail!("--target herald-socketio joins one namespace (channel): use --channels 1")
+        }
         (_, Layout::Fanout { channels: 0 }) => bail!("--channels must be at least 1"),
         _ => {}
     }
@@ -244,7 +251,7 @@ pub fn check_room(
         "{clients} clients need as many open files, but this process may open {fds} \
          (soft limit raised to the hard limit); use `idle` for more connections"
     );
-    if target == Target::Herald && via == PublishVia::Redis && redis_url.is_none() {
+    if target.server() == Target::Herald && via == PublishVia::Redis && redis_url.is_none() {
         bail!("--publish-via redis needs --redis-url (the Redis of the Herald cluster)");
     }
     Ok(())
@@ -296,9 +303,9 @@ async fn run(spec: Spec) -> anyhow::Result<Report> {
     let connect_latency = setups.latency;
 
     // 2. Publishers, then the measured phase.
-    let via = match target {
-        Target::Socketio => PublishVia::Client,
+    let via = match target.server() {
         Target::Herald => d.publish_via,
+        _ => PublishVia::Client,
     };
     let (publish_channels, random) = match spec.layout {
         Layout::Fanout { channels } => (channels, false),
@@ -447,7 +454,8 @@ fn close_books(
         for (j, t) in o.trackers.iter().enumerate() {
             let Some(t) = t else { continue };
             let end = match target {
-                Target::Socketio => published.published,
+                // Socket.IO clients count the publisher's sequence numbers.
+                Target::Socketio | Target::HeraldSocketio => published.published,
                 Target::Herald => {
                     let ch = chans.first as usize + j;
                     match published.last_offset.get(ch) {

@@ -188,7 +188,7 @@ async fn spawn_workers(
         cmd.arg("idle")
             .arg("--worker")
             .arg("--quiet")
-            .args(["--target", &format!("{:?}", a.common.target).to_lowercase()])
+            .args(["--target", a.common.target.name()])
             .args(["--clients", &n.to_string()])
             .args(["--client-offset", &offset.to_string()])
             .args(["--channels-per-client", &a.channels_per_client.to_string()])
@@ -235,18 +235,18 @@ async fn spawn_workers(
 
 /// Resident memory of a server in bytes: Herald's `/metrics` or the peer's `/stats`.
 pub async fn rss(target: Target, ep: &Endpoint) -> anyhow::Result<u64> {
-    let path = match target {
-        Target::Herald => "/metrics",
+    let path = match target.server() {
         Target::Socketio => "/stats",
+        _ => "/metrics",
     };
     let resp = net::http_get(ep, path).await?;
     if !resp.status.is_success() {
         bail!("GET {}{path}: {}", ep.url, resp.status);
     }
     let text = String::from_utf8_lossy(&resp.body);
-    match target {
-        Target::Herald => parse_prometheus_rss(&text),
+    match target.server() {
         Target::Socketio => parse_stats_rss(&text),
+        _ => parse_prometheus_rss(&text),
     }
     .with_context(|| format!("no resident memory in {}{path}", ep.url))
 }
@@ -316,7 +316,7 @@ pub async fn idle(a: IdleArgs) -> anyhow::Result<Report> {
 
     let mut report = Report {
         scenario: "idle".to_owned(),
-        target: format!("{:?}", a.common.target).to_lowercase(),
+        target: a.common.target.name().to_owned(),
         urls: a.common.urls.clone(),
         params: json!({
             "clients": a.clients,

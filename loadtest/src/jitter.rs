@@ -177,6 +177,10 @@ struct SioSide {
     asked: Option<String>,
     /// Connected before: a later CONNECT is a reconnect.
     connected_once: bool,
+    /// `""` (the peer's default namespace) or `/channel` (Herald).
+    ns: String,
+    /// The publications' event name.
+    event: &'static [u8],
 }
 
 #[derive(Debug)]
@@ -198,13 +202,18 @@ impl Proto {
                 resuming: false,
                 next_id: 1,
             }),
-            Target::Socketio => Self::Sio(SioSide {
+            Target::Socketio | Target::HeraldSocketio => Self::Sio(SioSide {
                 phase: Phase::Hello,
                 tracker: SeqTracker::starting_at(0),
                 pid: None,
                 offset: String::new(),
                 asked: None,
                 connected_once: false,
+                ns: target.namespace(CHANNEL),
+                event: match target {
+                    Target::HeraldSocketio => crate::publish::EVENT.as_bytes(),
+                    _ => b"msg",
+                },
             }),
         }
     }
@@ -448,16 +457,17 @@ impl HeraldSide {
 }
 
 impl SioSide {
-    /// CONNECT for the default namespace, asking to recover when possible.
+    /// CONNECT to the namespace, asking to recover when possible.
     fn hello(&mut self) -> Vec<u8> {
         match &self.pid {
             Some(pid) if !self.offset.is_empty() => {
                 self.asked = Some(pid.clone());
-                format!("40{}", json!({"pid": pid, "offset": self.offset})).into_bytes()
+                let body = json!({"pid": pid, "offset": self.offset}).to_string();
+                sio::connect_packet(&self.ns, Some(&body))
             }
             _ => {
                 self.asked = None;
-                sio::CONNECT.to_vec()
+                sio::connect_packet(&self.ns, None)
             }
         }
     }
@@ -468,8 +478,8 @@ impl SioSide {
         recv: &mut Recv<'_>,
         log: &mut ClientLog,
     ) -> anyhow::Result<Option<Vec<u8>>> {
-        match sio::decode(f) {
-            sio::Packet::Event { name: b"msg", args } => {
+        match sio::decode_in(f, self.ns.as_bytes()) {
+            sio::Packet::Event { name, args } if name == self.event => {
                 let (t, s) = scan::payload_fields(args);
                 if let Some(s) = s
                     && self.tracker.observe(s) != Seen::Duplicate
@@ -554,9 +564,10 @@ struct ClientEnd {
 
 impl Client {
     fn path(&self) -> &'static str {
-        match self.plan.target {
-            Target::Herald => "/ws",
-            Target::Socketio => sio::WS_PATH,
+        if self.plan.target.speaks_socketio() {
+            sio::WS_PATH
+        } else {
+            "/ws"
         }
     }
 
@@ -802,9 +813,9 @@ pub async fn jitter(a: JitterArgs) -> anyhow::Result<Report> {
     }
 
     // 2. Publishing, with drops meanwhile.
-    let via = match target {
-        Target::Socketio => PublishVia::Client,
+    let via = match target.server() {
         Target::Herald => a.publish_via,
+        _ => PublishVia::Client,
     };
     let publish = PublishPlan {
         target,
@@ -929,7 +940,7 @@ fn problems(report: &mut Report, d: &DeliveryReport, j: &JitterReport, target: T
             d.lost, d.duplicated, d.out_of_order, j.delivered_percent
         ));
     }
-    if target == Target::Herald && (j.unrecovered > 0 || j.epoch_changes > 0) {
+    if target.server() == Target::Herald && (j.unrecovered > 0 || j.epoch_changes > 0) {
         anomalies.push(format!(
             "{} reconnects were not recovered, {} came back in another epoch",
             j.unrecovered, j.epoch_changes
@@ -949,9 +960,10 @@ fn problems(report: &mut Report, d: &DeliveryReport, j: &JitterReport, target: T
             d.first_drop_reason.as_deref().unwrap_or("?")
         ));
     }
-    match target {
-        Target::Herald => report.problems.extend(anomalies),
+    // Loss is what the peer comparison measures; from Herald it is a failure.
+    match target.server() {
         Target::Socketio => report.warnings.extend(anomalies),
+        _ => report.problems.extend(anomalies),
     }
 }
 

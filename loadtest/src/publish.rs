@@ -118,8 +118,9 @@ pub struct Publishers {
 impl Publishers {
     pub async fn connect(plan: PublishPlan, ep: &Endpoint) -> anyhow::Result<Self> {
         let n = match plan.target {
-            // One socket keeps the sequence numbers in order for every receiver.
-            Target::Socketio => 1,
+            // One socket keeps the sequence numbers in order for every
+            // receiver (Socket.IO clients check order by them).
+            Target::Socketio | Target::HeraldSocketio => 1,
             Target::Herald => plan.connections.max(1),
         };
         let mut conns = Vec::with_capacity(n);
@@ -129,12 +130,12 @@ impl Publishers {
                 sio_hello(&mut ws).await?;
                 conns.push(Conn::Sio(Box::new(ws)));
             }
-            (Target::Herald, PublishVia::Api) => {
+            (Target::Herald | Target::HeraldSocketio, PublishVia::Api) => {
                 for _ in 0..n {
                     conns.push(Conn::Api(Http::connect(ep).await?));
                 }
             }
-            (Target::Herald, PublishVia::Redis) => {
+            (Target::Herald | Target::HeraldSocketio, PublishVia::Redis) => {
                 let url = plan
                     .redis_url
                     .as_deref()
@@ -153,7 +154,7 @@ impl Publishers {
                     conns.push(Conn::Redis(con.clone(), script.clone()));
                 }
             }
-            (Target::Herald, PublishVia::Client) => {
+            (Target::Herald | Target::HeraldSocketio, PublishVia::Client) => {
                 for _ in 0..n {
                     let mut ws = net::ws_connect(ep, "/ws", None).await?;
                     herald_hello(&mut ws).await?;

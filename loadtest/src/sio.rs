@@ -33,8 +33,27 @@ pub enum Packet<'a> {
     Other,
 }
 
-/// Decodes one Engine.IO text frame.
+/// CONNECT to namespace `ns` (`""` is the default one), with an optional JSON body.
+pub fn connect_packet(ns: &str, body: Option<&str>) -> Vec<u8> {
+    let mut out = b"40".to_vec();
+    if !ns.is_empty() {
+        out.extend_from_slice(ns.as_bytes());
+        out.push(b',');
+    }
+    if let Some(b) = body {
+        out.extend_from_slice(b.as_bytes());
+    }
+    out
+}
+
+/// Decodes one Engine.IO text frame of the default namespace.
 pub fn decode(frame: &[u8]) -> Packet<'_> {
+    decode_in(frame, b"")
+}
+
+/// Decodes one Engine.IO text frame; Socket.IO packets count only in
+/// namespace `ns` (`b""` for the default one, else e.g. `b"/news"`).
+pub fn decode_in<'a>(frame: &'a [u8], ns: &[u8]) -> Packet<'a> {
     let Some((&kind, rest)) = frame.split_first() else {
         return Packet::Other;
     };
@@ -43,19 +62,27 @@ pub fn decode(frame: &[u8]) -> Packet<'_> {
         b'1' => Packet::Close,
         b'2' => Packet::Ping,
         b'3' => Packet::Pong,
-        b'4' => decode_socketio(rest),
+        b'4' => decode_socketio(rest, ns),
         _ => Packet::Other,
     }
 }
 
-fn decode_socketio(p: &[u8]) -> Packet<'_> {
+fn decode_socketio<'a>(p: &'a [u8], ns: &[u8]) -> Packet<'a> {
     let Some((&kind, rest)) = p.split_first() else {
         return Packet::Other;
     };
-    // Only the default namespace: a namespace would start with '/'.
-    if rest.first() == Some(&b'/') {
-        return Packet::Other;
-    }
+    // `/ns,` follows the type unless the namespace is the default one.
+    let rest = if ns.is_empty() {
+        if rest.first() == Some(&b'/') {
+            return Packet::Other;
+        }
+        rest
+    } else {
+        match rest.strip_prefix(ns).and_then(|r| r.strip_prefix(b",")) {
+            Some(r) => r,
+            None => return Packet::Other,
+        }
+    };
     match kind {
         b'0' => Packet::Connect(rest),
         b'1' => Packet::Disconnect,
@@ -136,6 +163,35 @@ mod tests {
         );
         assert_eq!(decode(br#"42/admin,["msg",1]"#), Packet::Other);
         assert_eq!(decode(br#"42["broken"#), Packet::Other);
+    }
+
+    #[test]
+    fn namespaces_are_told_apart() {
+        assert_eq!(connect_packet("", None), b"40");
+        assert_eq!(connect_packet("/news", None), b"40/news,");
+        assert_eq!(
+            connect_packet("/news", Some(r#"{"pid":"p"}"#)),
+            br#"40/news,{"pid":"p"}"#
+        );
+        assert_eq!(
+            decode_in(br#"42/news,["msg",{"s":1},"E:3"]"#, b"/news"),
+            Packet::Event {
+                name: b"msg",
+                args: br#"{"s":1},"E:3""#
+            }
+        );
+        assert_eq!(decode_in(br#"42/newsx,["msg",1]"#, b"/news"), Packet::Other);
+        assert_eq!(decode_in(br#"42["msg",1]"#, b"/news"), Packet::Other);
+        assert_eq!(
+            decode_in(br#"40/news,{"sid":"a","pid":"b"}"#, b"/news"),
+            Packet::Connect(br#"{"sid":"a","pid":"b"}"#)
+        );
+        assert!(matches!(
+            decode_in(br#"44/news,{"message":"no"}"#, b"/news"),
+            Packet::ConnectError(_)
+        ));
+        assert_eq!(decode_in(b"41/news,", b"/news"), Packet::Disconnect);
+        assert_eq!(decode_in(b"2", b"/news"), Packet::Ping);
     }
 
     #[test]
