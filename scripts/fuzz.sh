@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the cargo-fuzz targets (frame reader, command parser, PROXY header) for a bounded
+# Runs the cargo-fuzz targets (frame reader, command parser, PROXY header, Socket.IO packets) for a bounded
 # time each, starting from the corpus in fuzz/corpus/.
 # Needs a nightly toolchain; installs cargo-fuzz when it is missing.
 # Usage: scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 30)
@@ -22,7 +22,7 @@ fi
 # into the repo's corpus; minimise it afterwards with `cargo fuzz cmin`).
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-for target in frames command proxy; do
+for target in frames command proxy socketio; do
   echo "==> fuzz $target for ${secs}s"
   if [ "${FUZZ_KEEP:-0}" = 1 ]; then dirs=("corpus/$target"); else dirs=("$scratch/$target" "corpus/$target"); fi
   mkdir -p "$scratch/$target"

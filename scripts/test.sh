@@ -30,7 +30,7 @@ scripts/check-alerts.sh
 echo "==> Helm chart and deploy files"
 scripts/check-deploy.sh
 
-# Bounded fuzzing of the frame reader, command parser and PROXY header reader:
+# Bounded fuzzing of the frame reader, command parser, PROXY header reader and Socket.IO packets:
 # 13 s per target (FUZZ_SECONDS=N changes it, 0 skips).
 fuzz_secs="${FUZZ_SECONDS:-13}"
 if [ "$fuzz_secs" != 0 ]; then

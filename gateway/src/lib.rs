@@ -9,7 +9,8 @@
 //! ```
 //!
 //! - `transport`: decodes commands from a connection and writes what the
-//!   session queues, in its wire format (`ws`: Herald v1 over WebSocket).
+//!   session queues, in its wire format (`ws`: Herald v1 over WebSocket;
+//!   `socketio`: Socket.IO v5 over Engine.IO v4).
 //! - `session`: the transport-independent protocol core, one per connection.
 //! - `hub`: this node's channel → sessions index and fan-out; synchronous.
 //!   Each `publication` is shared by every subscriber and encoded once per
@@ -46,6 +47,11 @@ mod transport;
 /// replay test): reads arbitrary bytes as a client's WebSocket stream.
 #[doc(hidden)]
 pub use transport::ws::read::fuzz_frames;
+
+/// Fuzzing entry point (the `socketio` target in `fuzz/`, and the corpus
+/// replay test): reads arbitrary bytes as one Engine.IO/Socket.IO packet.
+#[doc(hidden)]
+pub use transport::socketio::packet::fuzz_socketio;
 
 /// Fuzzing entry point (the `proxy` target in `fuzz/`, and the corpus replay
 /// test): reads arbitrary bytes as a PROXY protocol header.

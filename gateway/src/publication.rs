@@ -6,24 +6,30 @@
 //! the Herald v1 `message` frame arrives complete from the broker (built in
 //! process, or inside Redis by the publish script), and any other format is
 //! made from it by the first subscriber that needs it, then kept in a
-//! `OnceLock` slot for every other subscriber of that format.
+//! `OnceLock` slot for every other subscriber of that format (Socket.IO's
+//! `42/channel,[...]` text: [`Publication::encoded`]).
 
 use bytes::Bytes;
 use herald_proto::Reply;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// A wire format a transport writes publications in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Wire {
     /// Herald protocol v1 JSON text frames (WebSocket).
     Herald,
+    /// Socket.IO v5 over Engine.IO v4 (`transport::socketio`). Replies are
+    /// queued as Herald v1 JSON, like [`Wire::Herald`]: they concern one
+    /// session, and its writer turns each into the Socket.IO packet it
+    /// answers (an ack, a CONNECT reply). Publications get their own text.
+    SocketIo,
 }
 
 impl Wire {
     /// Encodes a reply or notice for this format.
     pub(crate) fn reply(self, reply: &Reply<'_>) -> Box<[u8]> {
         match self {
-            Self::Herald => reply.to_vec().into_boxed_slice(),
+            Self::Herald | Self::SocketIo => reply.to_vec().into_boxed_slice(),
         }
     }
 }
@@ -39,6 +45,9 @@ pub(crate) struct Publication {
     pub(crate) offset: u64,
     /// The Herald v1 `message` frame: `{"op":"message","channel",...,"offset"}`.
     herald: Bytes,
+    /// The Socket.IO `42/channel,["event",data,"EPOCH:OFFSET"]` text, made
+    /// on first use.
+    socketio: OnceLock<Box<[u8]>>,
 }
 
 impl Publication {
@@ -47,6 +56,7 @@ impl Publication {
             epoch,
             offset,
             herald,
+            socketio: OnceLock::new(),
         })
     }
 
@@ -54,6 +64,36 @@ impl Publication {
     pub(crate) fn encoded(&self, wire: Wire) -> &[u8] {
         match wire {
             Wire::Herald => &self.herald,
+            Wire::SocketIo => self.socketio.get_or_init(|| self.socketio_text()),
+        }
+    }
+
+    /// Builds the Socket.IO event from the Herald frame (once per publication).
+    fn socketio_text(&self) -> Box<[u8]> {
+        #[derive(serde::Deserialize)]
+        struct Frame<'a> {
+            #[serde(borrow)]
+            channel: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            event: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            data: &'a serde_json::value::RawValue,
+        }
+        match serde_json::from_slice::<Frame<'_>>(&self.herald) {
+            Ok(f) => crate::transport::socketio::packet::event(
+                &f.channel,
+                &f.event,
+                f.data.get(),
+                &self.epoch,
+                self.offset,
+            )
+            .into_bytes()
+            .into_boxed_slice(),
+            Err(e) => {
+                // Frames come from the broker, built by `MessageFrame`.
+                tracing::error!(error = %e, "publication frame is not a message frame");
+                Box::default()
+            }
         }
     }
 
@@ -103,6 +143,21 @@ mod tests {
         assert_eq!(p.encoded(Wire::Herald).as_ptr(), frame.as_ptr());
         assert_eq!(item.encoded(Wire::Herald).as_ptr(), frame.as_ptr());
         assert_eq!(p.size(), frame.len());
+    }
+
+    #[test]
+    fn socketio_text_is_built_once_and_shared() {
+        let mut frame = herald_proto::MessageFrame::prefix(
+            "reviews",
+            "added",
+            &serde_json::value::RawValue::from_string(r#"{"a":[1]}"#.to_owned()).expect("json"),
+        );
+        herald_proto::MessageFrame::finish(&mut frame, "E1", 7);
+        let p = Publication::new("E1".into(), 7, Bytes::from(frame));
+        let first = p.encoded(Wire::SocketIo);
+        assert_eq!(first, br#"42/reviews,["added",{"a":[1]},"E1:7"]"#);
+        let again = Outbound::Publication(Arc::clone(&p));
+        assert_eq!(again.encoded(Wire::SocketIo).as_ptr(), first.as_ptr());
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Server: wires the layers together and owns the listeners and lifecycle.
 //!
-//! Builds hub → broker → node once, mounts `/ws` + the demo page on the
+//! Builds hub → broker → node once, mounts `/ws`, `/socket.io/` + the demo page on the
 //! public listener and the API, metrics and probes on the admin listener (or
 //! the public one when no admin listener is configured), and runs until
 //! SIGTERM/SIGINT, then shuts down in order: stop accepting (new WebSockets
@@ -207,6 +207,8 @@ impl Server {
             .route("/", get(|| async { Html(DEMO_PAGE) }))
             .route("/herald.js", get(client_bundle))
             .route("/ws", get(ws_upgrade))
+            .route("/socket.io", get(socketio_upgrade))
+            .route("/socket.io/", get(socketio_upgrade))
             .with_state(st.clone());
         let (public_app, admin_app) = match self.admin {
             Some(l) => (
@@ -316,6 +318,69 @@ async fn ws_upgrade(
     headers: axum::http::HeaderMap,
     upgrade: Result<IncomingUpgrade, StatusCode>,
 ) -> Response {
+    upgrade_to(st, client, headers, upgrade, Protocol::Herald)
+}
+
+/// What an upgraded WebSocket speaks.
+#[derive(Clone, Copy)]
+enum Protocol {
+    Herald,
+    SocketIo,
+}
+
+/// The query of an Engine.IO request.
+#[derive(serde::Deserialize)]
+struct EngineQuery {
+    #[serde(rename = "EIO")]
+    eio: Option<String>,
+    transport: Option<String>,
+    sid: Option<String>,
+}
+
+/// `/socket.io/`: Engine.IO v4 (`EIO=4`), WebSocket transport only for now.
+/// Anything else gets the Engine.IO error (HTTP 400, `{"code","message"}`).
+async fn socketio_upgrade(
+    State(st): State<AppState>,
+    client: Option<axum::Extension<accept::Client>>,
+    headers: axum::http::HeaderMap,
+    query: Result<axum::extract::Query<EngineQuery>, axum::extract::rejection::QueryRejection>,
+    upgrade: Result<IncomingUpgrade, StatusCode>,
+) -> Response {
+    let engine_error = |code: u8, message: &str| {
+        let body = serde_json::json!({ "code": code, "message": message });
+        (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+    };
+    let Ok(axum::extract::Query(q)) = query else {
+        return engine_error(3, "Bad request");
+    };
+    if q.transport.as_deref() != Some("websocket") {
+        // Long-polling is not served yet (docs/socketio.md).
+        metrics().refused(RefuseReason::NotWebsocket);
+        return engine_error(0, "Transport unknown");
+    }
+    if q.eio.as_deref() != Some("4") {
+        return engine_error(5, "Unsupported protocol version");
+    }
+    if q.sid.is_some() {
+        // Only an upgrade from polling names a sid, and no polling session exists.
+        return engine_error(1, "Session ID unknown");
+    }
+    if upgrade.is_err() {
+        metrics().refused(RefuseReason::NotWebsocket);
+        return engine_error(3, "Bad request");
+    }
+    upgrade_to(st, client, headers, upgrade, Protocol::SocketIo)
+}
+
+/// Admits a WebSocket upgrade (drain, origin, connection limits) and runs
+/// the session in `protocol` on it.
+fn upgrade_to(
+    st: AppState,
+    client: Option<axum::Extension<accept::Client>>,
+    headers: axum::http::HeaderMap,
+    upgrade: Result<IncomingUpgrade, StatusCode>,
+    protocol: Protocol,
+) -> Response {
     let Ok(upgrade) = upgrade else {
         metrics().refused(RefuseReason::NotWebsocket);
         return (
@@ -391,7 +456,10 @@ async fn ws_upgrade(
     st.tracker.spawn(async move {
         let _held = (charges, behind_proxy);
         match fut.await {
-            Ok(ws) => transport::ws::run(ws.into_inner(), ctx).await,
+            Ok(ws) => match protocol {
+                Protocol::Herald => transport::ws::run(ws.into_inner(), ctx).await,
+                Protocol::SocketIo => transport::socketio::run(ws.into_inner(), ctx).await,
+            },
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
         }
     });

@@ -210,7 +210,7 @@ impl Session {
                     "more than {} commands per second; slow down",
                     self.ctx.cfg.command_rate
                 );
-                let id = decode().ok().and_then(|c| c.id);
+                let id = decode().map_or_else(|(id, _)| id, |c| c.id);
                 return self.error(id, ErrorCode::RateLimited, &msg, None);
             }
         }

@@ -6,6 +6,10 @@
 //! own wire format. It holds no protocol logic and never touches `node`,
 //! `hub` or `broker`.
 //!
-//! - [`ws`]: Herald protocol v1, JSON text frames over WebSocket.
+//! - [`ws`]: Herald protocol v1, JSON text frames over WebSocket; also the
+//!   connection machinery (reader loop, writer task) every protocol over
+//!   WebSocket shares.
+//! - [`socketio`]: Socket.IO v5 over Engine.IO v4, WebSocket transport.
 
+pub(crate) mod socketio;
 pub(crate) mod ws;

@@ -32,3 +32,8 @@ fn frames_corpus_never_panics() {
 fn proxy_corpus_never_panics() {
     assert!(replay("proxy", herald::fuzz_proxy) >= 10);
 }
+
+#[test]
+fn socketio_corpus_never_panics() {
+    assert!(replay("socketio", herald::fuzz_socketio) >= 10);
+}

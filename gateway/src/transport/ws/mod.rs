@@ -15,7 +15,7 @@
 //! into an I/O error that the read returns normally.
 
 pub(crate) mod read;
-mod write;
+pub(crate) mod write;
 
 use crate::hub::{Ending, SessionLink};
 use crate::publication::Wire;
@@ -29,19 +29,77 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
-use write::Writer;
+use write::{HeraldFraming, Writer};
 
 /// Runs one WebSocket connection (after the upgrade) to its end.
 pub(crate) async fn run<S>(io: S, ctx: Arc<SessionCtx>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    serve(io, ctx, Wire::Herald, HeraldFraming, HeraldInbound).await;
+}
+
+/// What a protocol over WebSocket does with the client's data messages;
+/// the rest (control frames, closing, the writer) is shared.
+pub(crate) trait Inbound: Send {
+    /// Called once the session is open, before the writer starts.
+    fn opened(&mut self, _link: &SessionLink, _ctx: &SessionCtx) {}
+    /// Handles one text message; true when the stream must stop being read.
+    fn text(
+        &mut self,
+        session: &mut Session,
+        opened: &OpenedParts,
+        text: &str,
+    ) -> impl std::future::Future<Output = bool> + Send;
+    /// Handles one (whole) binary message.
+    fn binary(&mut self, session: &mut Session);
+}
+
+/// What an [`Inbound`] may look at besides the session core.
+pub(crate) struct OpenedParts {
+    pub(crate) link: Arc<SessionLink>,
+    pub(crate) shared: Arc<crate::session::Shared>,
+}
+
+/// Herald protocol v1: each text message is one JSON command.
+struct HeraldInbound;
+
+impl Inbound for HeraldInbound {
+    async fn text(&mut self, session: &mut Session, _: &OpenedParts, text: &str) -> bool {
+        session.command(|| Command::decode(text)).await;
+        false
+    }
+
+    fn binary(&mut self, session: &mut Session) {
+        session.error(
+            None,
+            ErrorCode::BadRequest,
+            "binary frames are not supported: send JSON text frames",
+            None,
+        );
+    }
+}
+
+/// Runs one connection of any protocol over WebSocket to its end: the
+/// reader here, the writer in its own task with `framing`.
+pub(crate) async fn serve<S, F, I>(
+    io: S,
+    ctx: Arc<SessionCtx>,
+    wire: Wire,
+    framing: F,
+    mut inbound: I,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    F: write::Framing,
+    I: Inbound,
+{
     let Opened {
         mut session,
         link,
         shared,
         rx,
-    } = Session::open(Arc::clone(&ctx), Wire::Herald);
+    } = Session::open(Arc::clone(&ctx), wire);
+    inbound.opened(&link, &ctx);
     let (r, w) = tokio::io::split(io);
     let read_stop = CancellationToken::new();
     let mut socket = CancelRead::new(r, read_stop.clone());
@@ -49,18 +107,23 @@ where
     let writer = tokio::spawn(
         Writer::new(
             w,
+            framing,
             rx,
             Arc::clone(&link),
-            shared,
+            Arc::clone(&shared),
             Arc::clone(&ctx),
             read_stop.clone(),
             Arc::clone(&pong),
         )
         .run(),
     );
+    let parts = OpenedParts {
+        link: Arc::clone(&link),
+        shared,
+    };
     // Borrowed, so the raw socket can still be drained after the reader gives up.
     let reader = MessageReader::new(&mut socket, ctx.cfg.max_frame());
-    let broken = read_messages(&mut session, &link, &pong, reader).await;
+    let broken = read_messages(&mut session, &parts, &pong, reader, &mut inbound).await;
     if broken && matches!(link.ending(), Some(Ending::Close { .. })) {
         // Keep reading (and discarding) until the client closes or the
         // writer's close timeout passes: dropping a socket with unread
@@ -80,12 +143,14 @@ where
 
 /// Hands messages to the session until the connection ends. True when the
 /// byte stream broke (it can no longer be read as frames).
-async fn read_messages<R: AsyncRead + Unpin>(
+async fn read_messages<R: AsyncRead + Unpin, I: Inbound>(
     session: &mut Session,
-    link: &SessionLink,
+    parts: &OpenedParts,
     pong: &PongSlot,
     mut reader: MessageReader<R>,
+    inbound: &mut I,
 ) -> bool {
+    let link = &*parts.link;
     loop {
         // Messages parsed from an already-filled buffer never touch a
         // tokio resource, so without this a flooding client's reader
@@ -108,18 +173,17 @@ async fn read_messages<R: AsyncRead + Unpin>(
         }
         match msg {
             Message::Text(bytes) => match std::str::from_utf8(&bytes) {
-                Ok(text) => session.command(|| Command::decode(text)).await,
+                Ok(text) => {
+                    if inbound.text(session, parts, text).await {
+                        return true;
+                    }
+                }
                 Err(_) => {
                     read_error(link, ReadError::Protocol("text message is not valid UTF-8"));
                     return true;
                 }
             },
-            Message::Binary => session.error(
-                None,
-                ErrorCode::BadRequest,
-                "binary frames are not supported: send JSON text frames",
-                None,
-            ),
+            Message::Binary => inbound.binary(session),
             Message::Close(_) => {
                 link.finish(Ending::ClientClosed);
                 return false;
@@ -130,7 +194,7 @@ async fn read_messages<R: AsyncRead + Unpin>(
     }
 }
 
-fn read_error(link: &SessionLink, e: ReadError) {
+pub(crate) fn read_error(link: &SessionLink, e: ReadError) {
     match e {
         ReadError::TooLarge => {
             link.close(CloseCode::MessageTooLarge);
@@ -148,13 +212,13 @@ fn read_error(link: &SessionLink, e: ReadError) {
 /// The latest WebSocket ping's payload, for the writer to answer (a slot,
 /// not a queue: only the newest ping needs a pong).
 #[derive(Default)]
-struct PongSlot {
+pub(crate) struct PongSlot {
     payload: Mutex<Option<Bytes>>,
     ready: Notify,
 }
 
 impl PongSlot {
-    fn set(&self, payload: Bytes) {
+    pub(crate) fn set(&self, payload: Bytes) {
         *self.payload.lock().unwrap_or_else(|e| e.into_inner()) = Some(payload);
         self.ready.notify_one();
     }
@@ -169,13 +233,13 @@ impl PongSlot {
 
 /// A read half that fails with `ConnectionAborted` once `stop` is cancelled,
 /// so a pending read returns instead of being dropped mid-frame.
-struct CancelRead<R> {
+pub(crate) struct CancelRead<R> {
     inner: R,
     stop: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 impl<R> CancelRead<R> {
-    fn new(inner: R, stop: CancellationToken) -> Self {
+    pub(crate) fn new(inner: R, stop: CancellationToken) -> Self {
         Self {
             inner,
             stop: Box::pin(stop.cancelled_owned()),
@@ -197,26 +261,36 @@ impl<R: AsyncRead + Unpin> AsyncRead for CancelRead<R> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::session::tests::ctx_with;
     use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket};
     use serde_json::Value;
+    use tokio::io::DuplexStream;
 
-    /// A real WebSocket client over an in-memory stream, the server side run by [`run`].
-    fn pair() -> WebSocket<tokio::io::DuplexStream> {
+    /// A real WebSocket client over an in-memory stream, the server side
+    /// run by `serve` (this transport's [`run`], or another protocol's).
+    pub(crate) fn client<Fut>(serve: impl FnOnce(DuplexStream) -> Fut) -> WebSocket<DuplexStream>
+    where
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
         let (client, server) = tokio::io::duplex(64 * 1024);
-        let ctx = ctx_with(crate::config::SessionConfig::default(), None);
-        tokio::spawn(run(server, ctx));
+        tokio::spawn(serve(server));
         WebSocket::after_handshake(client, Role::Client)
     }
 
-    async fn send(ws: &mut WebSocket<tokio::io::DuplexStream>, text: &str) {
+    fn pair() -> WebSocket<DuplexStream> {
+        let ctx = ctx_with(crate::config::SessionConfig::default(), None);
+        client(|io| run(io, ctx))
+    }
+
+    /// Sends one text message.
+    pub(crate) async fn send(ws: &mut WebSocket<DuplexStream>, text: &str) {
         let frame = Frame::text(Payload::Owned(text.as_bytes().to_vec()));
         ws.write_frame(frame).await.expect("send");
     }
 
-    async fn recv(ws: &mut WebSocket<tokio::io::DuplexStream>) -> Value {
+    async fn recv(ws: &mut WebSocket<DuplexStream>) -> Value {
         let f = ws.read_frame().await.expect("frame");
         assert_eq!(f.opcode, OpCode::Text);
         serde_json::from_slice(&f.payload).expect("JSON")

@@ -1,9 +1,12 @@
 //! The WebSocket writer: the session's outbound queue onto the socket.
 //!
-//! Part of the Herald v1 WebSocket transport. Owns the write half; wakes for
-//! queued items (batched, up to 64 KiB per write), the session's timers
-//! (pings, and deadlines that end it), WebSocket pings to answer, the drain
-//! signal, and the session's end, which it writes as `disconnect` + close.
+//! Part of the Herald v1 WebSocket transport, and shared by every protocol
+//! spoken over WebSocket (`transport::socketio` too): what differs between
+//! them is the [`Framing`], which turns queued items, pings and the ending
+//! into text messages. Owns the write half; wakes for queued items
+//! (batched, up to 64 KiB per write), the session's timers (pings, and
+//! deadlines that end it), WebSocket pings to answer, the drain signal, and
+//! the session's end, which it writes as the framing's farewell + close.
 
 use super::PongSlot;
 use crate::hub::{Ending, SessionLink};
@@ -27,8 +30,47 @@ const REPORT_BYTES: u64 = 64 * 1024;
 /// A server ping, as Herald v1 sends it.
 const PING: &[u8] = br#"{"op":"ping"}"#;
 
-pub(super) struct Writer<W> {
+/// How one protocol writes a session's items, pings and ending as
+/// WebSocket messages (appended to a batch with [`push_frame`]).
+pub(crate) trait Framing: Send + 'static {
+    /// Appends one queued item.
+    fn item(&mut self, buf: &mut Vec<u8>, item: &Outbound);
+    /// Appends a server ping, after a fresh reconnect token when one is due.
+    fn ping(&mut self, buf: &mut Vec<u8>, token: Option<&str>);
+    /// Appends what tells the client the server closes with `code` (the
+    /// close frame itself follows).
+    fn closing(&mut self, buf: &mut Vec<u8>, code: CloseCode, reason: &str);
+}
+
+/// Herald protocol v1: items as queued, `{"op":"ping"}`, a `disconnect` notice.
+pub(crate) struct HeraldFraming;
+
+impl Framing for HeraldFraming {
+    fn item(&mut self, buf: &mut Vec<u8>, item: &Outbound) {
+        push_frame(buf, OpCode::Text, item.encoded(Wire::Herald));
+    }
+
+    fn ping(&mut self, buf: &mut Vec<u8>, token: Option<&str>) {
+        if let Some(t) = token {
+            let frame = Wire::Herald.reply(&Reply::Token { reconnect_token: t });
+            push_frame(buf, OpCode::Text, &frame);
+        }
+        push_frame(buf, OpCode::Text, PING);
+    }
+
+    fn closing(&mut self, buf: &mut Vec<u8>, code: CloseCode, reason: &str) {
+        let notice = Wire::Herald.reply(&Reply::Disconnect {
+            code,
+            reason,
+            reconnect: code.reconnect(),
+        });
+        push_frame(buf, OpCode::Text, &notice);
+    }
+}
+
+pub(crate) struct Writer<W, F> {
     w: W,
+    framing: F,
     rx: mpsc::Receiver<Outbound>,
     link: Arc<SessionLink>,
     shared: Arc<Shared>,
@@ -44,7 +86,8 @@ pub(super) struct Writer<W> {
     batches: u32,
 }
 
-fn push_frame(buf: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
+/// Appends one whole unmasked frame (the server's) to `buf`.
+pub(crate) fn push_frame(buf: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     let mut frame = Frame::new(true, opcode, None, Payload::Borrowed(payload));
     let mut head = [0u8; 10];
     let n = frame.fmt_head(&mut head);
@@ -52,9 +95,11 @@ fn push_frame(buf: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
     buf.extend_from_slice(payload);
 }
 
-impl<W: AsyncWrite + Unpin> Writer<W> {
-    pub(super) fn new(
+impl<W: AsyncWrite + Unpin, F: Framing> Writer<W, F> {
+    #[expect(clippy::too_many_arguments, reason = "the parts of one opened session")]
+    pub(crate) fn new(
         w: W,
+        framing: F,
         rx: mpsc::Receiver<Outbound>,
         link: Arc<SessionLink>,
         shared: Arc<Shared>,
@@ -64,6 +109,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
     ) -> Self {
         Self {
             w,
+            framing,
             rx,
             link,
             shared,
@@ -78,11 +124,11 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
 
     /// Queues one item's frame; returns the bytes it counted in the queue.
     fn push(&mut self, item: &Outbound) -> usize {
-        push_frame(&mut self.buf, OpCode::Text, item.encoded(Wire::Herald));
+        self.framing.item(&mut self.buf, item);
         item.size()
     }
 
-    pub(super) async fn run(mut self) {
+    pub(crate) async fn run(mut self) {
         let ctx = Arc::clone(&self.ctx);
         let link = Arc::clone(&self.link);
         let pong = Arc::clone(&self.pong);
@@ -104,11 +150,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 _ = &mut shutdown_fut, if !timers.draining() => timers.drain(),
                 due = timers.ping_due() => {
                     self.report_bytes();
-                    if let Some(t) = due.token {
-                        let frame = Wire::Herald.reply(&Reply::Token { reconnect_token: &t });
-                        push_frame(&mut self.buf, OpCode::Text, &frame);
-                    }
-                    push_frame(&mut self.buf, OpCode::Text, PING);
+                    self.framing.ping(&mut self.buf, due.token.as_deref());
                     if self.flush().await.is_err() { break }
                 }
                 _ = &mut ws_pong => {
@@ -204,12 +246,7 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
                 }
                 metrics().disconnect(code);
                 tracing::debug!(session = %format_args!("{:016x}", self.link.id), code = code.code(), reason, "server closing session");
-                let notice = Wire::Herald.reply(&Reply::Disconnect {
-                    code,
-                    reason,
-                    reconnect: code.reconnect(),
-                });
-                push_frame(&mut self.buf, OpCode::Text, &notice);
+                self.framing.closing(&mut self.buf, code, reason);
                 let mut payload = code.code().to_be_bytes().to_vec();
                 payload.extend_from_slice(reason.as_bytes());
                 push_frame(&mut self.buf, OpCode::Close, &payload);
