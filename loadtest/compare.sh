@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Herald vs Socket.IO (+ Redis adapter) on this machine, in one run, with the
 # same load client (herald-load):
-#   1. a Redis, 2 Herald nodes: fanout rate sweep, fanout at a common rate, idle memory;
+#   1. a Redis, 2 Herald nodes: fanout rate sweep, fanout at a common rate, idle
+#      memory, first over protocol v1 (/ws), then with Socket.IO clients on
+#      Herald's /socket.io/ (`--target herald-socketio`);
 #   2. a Redis, 2 Socket.IO nodes: the same three measurements;
 #   3. a side-by-side table with the ratios.
 # Every process it starts is stopped on exit (also on Ctrl-C or failure).
@@ -120,6 +122,9 @@ HURLS=("http://127.0.0.1:$H1" "http://127.0.0.1:$H2")
 h_best=$(sweep herald herald "${HURLS[@]}")
 read -r h_p50 h_p99 < <(common herald herald "${HURLS[@]}")
 h_idle=$(idle herald herald "${HURLS[@]}")
+x_best=$(sweep herald-sio herald-socketio "${HURLS[@]}")
+read -r x_p50 x_p99 < <(common herald-sio herald-socketio "${HURLS[@]}")
+x_idle=$(idle herald-sio herald-socketio "${HURLS[@]}")
 for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 wait 2>/dev/null || true
 pids=()
@@ -151,11 +156,11 @@ ratio() { python3 -c "import sys; a,b=float(sys.argv[1]),float(sys.argv[2]); pri
 cat <<EOF
 
 Herald vs Socket.IO, 2 nodes + Redis each, $CLIENTS subscribers, ${PAYLOAD}-byte payloads, $(date -u +%F)
-| measure                                      | Herald      | Socket.IO   | ratio |
-|----------------------------------------------|-------------|-------------|-------|
-| sustained deliveries/s (all delivered, p99 < 50 ms) | $h_best | $s_best | $(ratio "$h_best" "$s_best") |
-| p50 at $COMMON deliveries/s (ms)             | $h_p50 | $s_p50 | $(ratio "$s_p50" "$h_p50") lower |
-| p99 at $COMMON deliveries/s (ms)             | $h_p99 | $s_p99 | $(ratio "$s_p99" "$h_p99") lower |
-| resident KiB per idle connection ($IDLE)     | $h_idle | $s_idle | $(ratio "$s_idle" "$h_idle") less |
+| measure | Herald (v1) | Herald (Socket.IO clients) | Socket.IO | Herald v1 vs Socket.IO | Herald-as-Socket.IO vs Socket.IO |
+|---|---|---|---|---|---|
+| sustained deliveries/s (all delivered, p99 < 50 ms) | $h_best | $x_best | $s_best | $(ratio "$h_best" "$s_best") | $(ratio "$x_best" "$s_best") |
+| p50 at $COMMON deliveries/s (ms) | $h_p50 | $x_p50 | $s_p50 | $(ratio "$s_p50" "$h_p50") lower | $(ratio "$s_p50" "$x_p50") lower |
+| p99 at $COMMON deliveries/s (ms) | $h_p99 | $x_p99 | $s_p99 | $(ratio "$s_p99" "$h_p99") lower | $(ratio "$s_p99" "$x_p99") lower |
+| resident KiB per idle connection ($IDLE) | $h_idle | $x_idle | $s_idle | $(ratio "$s_idle" "$h_idle") less | $(ratio "$s_idle" "$x_idle") less |
 EOF
 echo "(JSON reports in $OUT)"

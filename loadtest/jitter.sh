@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Delivery under network jitter: `herald-load jitter` against
 #   herald       2 Herald nodes + Redis,
+#   herald-socketio  the same nodes' Socket.IO endpoint (clients recover with pid + offset),
 #   socketio     2 Socket.IO peer nodes + Redis (classic adapter, no recovery),
 #   socketio-csr the same with ADAPTER=streams CSR=1 (connection state recovery),
 # one after the other, then a side-by-side table. Every process it starts is
@@ -8,7 +9,7 @@
 #
 # Knobs (env): CLIENTS (10000), RATE (2 msg/s), DURATION (180s), DROP_EVERY
 # (15s), DROP_JITTER (5s), OFFLINE (2s), OFFLINE_JITTER (500ms), GRACE (10s),
-# TARGETS ("herald socketio socketio-csr"), NODE_THREADS (runtime threads per
+# TARGETS ("herald herald-socketio socketio socketio-csr"), NODE_THREADS (runtime threads per
 # Herald node, 1), OUT (target/jitter), PEER_SRC (../shared/peers/socketio).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +22,7 @@ DROP_JITTER=${DROP_JITTER:-5s}
 OFFLINE=${OFFLINE:-2s}
 OFFLINE_JITTER=${OFFLINE_JITTER:-500ms}
 GRACE=${GRACE:-10s}
-TARGETS=${TARGETS:-"herald socketio socketio-csr"}
+TARGETS=${TARGETS:-"herald herald-socketio socketio socketio-csr"}
 OUT=${OUT:-$ROOT/target/jitter}
 PEER_SRC=${PEER_SRC:-$ROOT/../shared/peers/socketio}
 mkdir -p "$OUT"
@@ -79,7 +80,8 @@ load() { # NAME TARGET URL...
     --allow-client-bound --json "$OUT/$name.json" | tee "$OUT/$name.txt" >&2 || true
 }
 
-run_herald() {
+run_herald() { # NAME TARGET: herald (protocol v1) or herald-socketio (its /socket.io/)
+  local name=$1 target=$2
   redis_up
   local ports=() pids=() p
   for _ in 1 2; do
@@ -93,8 +95,8 @@ run_herald() {
     ports+=("$p")
     until curl -fsS "http://127.0.0.1:$p/readyz" >/dev/null 2>&1; do sleep 0.1; done
   done
-  load herald herald "http://127.0.0.1:${ports[0]}" "http://127.0.0.1:${ports[1]}"
-  server_usage herald "${pids[@]}" "${started[0]}"
+  load "$name" "$target" "http://127.0.0.1:${ports[0]}" "http://127.0.0.1:${ports[1]}"
+  server_usage "$name" "${pids[@]}" "${started[0]}"
   stop_all
 }
 
@@ -121,7 +123,8 @@ run_socketio() { # NAME, extra env for the peer
 
 for t in $TARGETS; do
   case $t in
-    herald) run_herald ;;
+    herald) run_herald herald herald ;;
+    herald-socketio) run_herald herald-socketio herald-socketio ;;
     socketio) run_socketio socketio ADAPTER=pubsub ;;
     socketio-csr) run_socketio socketio-csr ADAPTER=streams CSR=1 ;;
     *) echo "unknown target $t" >&2; exit 2 ;;

@@ -380,7 +380,7 @@ async fn run(spec: Spec) -> anyhow::Result<Report> {
 
     let mut report = Report {
         scenario: spec.scenario.to_owned(),
-        target: format!("{target:?}").to_lowercase(),
+        target: target.name().to_owned(),
         urls: common.urls.clone(),
         params: spec.params,
         clients: ClientsReport::all_set_up(clients, setup_seconds, &connect_latency),

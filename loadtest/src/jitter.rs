@@ -867,7 +867,7 @@ pub async fn jitter(a: JitterArgs) -> anyhow::Result<Report> {
 
     let mut report = Report {
         scenario: "jitter".to_owned(),
-        target: format!("{target:?}").to_lowercase(),
+        target: target.name().to_owned(),
         urls: a.common.urls.clone(),
         params: json!({
             "clients": clients,
