@@ -131,6 +131,48 @@ export async function publish(node: Node, channel: string, event: string, data: 
   return body.offset;
 }
 
+export interface Ticker {
+  /** How many publications the API has acknowledged so far. */
+  sent(): number;
+  /** Stops publishing; resolves with the final count (rejects if a publish failed). */
+  stop(): Promise<number>;
+}
+
+/**
+ * Publishes `tick` events `{ seq: 1 }`, `{ seq: 2 }`, … on `channel` through
+ * `node`'s HTTP API, `rate` a second, one at a time, until `stop()`.
+ */
+export function publishAtRate(node: Node, channel: string, rate: number): Ticker {
+  let sent = 0;
+  let stopped = false;
+  const start = Date.now();
+  const loop = (async () => {
+    while (!stopped) {
+      const wait = start + ((sent + 1) * 1000) / rate - Date.now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      await publish(node, channel, "tick", { seq: sent + 1 });
+      sent++;
+    }
+  })();
+  // A failure is reported by stop(), not as an unhandled rejection meanwhile.
+  loop.catch(() => (stopped = true));
+  return {
+    sent: () => sent,
+    stop: async () => {
+      stopped = true;
+      await loop;
+      return sent;
+    },
+  };
+}
+
+/** A gauge or counter without labels from the node's `/metrics`. */
+export async function metric(node: Node, name: string): Promise<number> {
+  const text = await (await fetch(`${node.http}/metrics`)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  return Number(line?.split(" ")[1] ?? NaN);
+}
+
 /** An HS256 JWT, as a backend would mint it. */
 export function jwt(secret: string, claims: Record<string, unknown>): string {
   const b64 = (o: unknown) => Buffer.from(JSON.stringify(o)).toString("base64url");

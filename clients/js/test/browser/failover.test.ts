@@ -2,7 +2,7 @@
 // the node (`/herald.js`), exactly as a plain HTML page would.
 import { afterEach, describe, expect, it } from "vitest";
 import { servePage, useChromium } from "../chromium.js";
-import { eventually, publish, startNode, startRedis, stopAll } from "../harness.js";
+import { eventually, publishAtRate, startNode, startRedis, stopAll } from "../harness.js";
 
 const browser = useChromium();
 afterEach(stopAll);
@@ -34,24 +34,13 @@ describe("in a browser", () => {
     const log = () => page.evaluate(() => (window as unknown as { log: Record<string, unknown>[] }).log);
     await eventually("the page is connected to node a", async () => (await log()).some((l) => l.connected === a.id));
 
-    let sent = 0;
-    let stop = false;
-    const publishing = (async () => {
-      const start = Date.now();
-      while (!stop) {
-        const wait = start + (sent + 1) * 5 - Date.now();
-        if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-        await publish(b, "ticker", "tick", { seq: sent + 1 });
-        sent++;
-      }
-    })();
+    const ticks = publishAtRate(b, "ticker", 200);
     await eventually("deliveries before the kill", async () => (await count()) >= 150);
     a.kill("SIGKILL");
     await eventually("resumed on node b", async () => (await log()).some((l) => l.connected === b.id && l.resumed === true));
-    const at = sent;
-    await eventually("publications after the resume", () => sent >= at + 200);
-    stop = true;
-    await publishing;
+    const at = ticks.sent();
+    await eventually("publications after the resume", () => ticks.sent() >= at + 200);
+    const sent = await ticks.stop();
     await eventually(`all ${sent} publications`, async () => (await count()) >= sent);
     const seqs = await page.evaluate(() => (window as unknown as { seqs: number[] }).seqs);
     expect(seqs).toEqual(Array.from({ length: sent }, (_, i) => i + 1));

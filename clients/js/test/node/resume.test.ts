@@ -4,33 +4,9 @@ import { tmpdir } from "node:os";
 import { afterEach, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { Herald, type ConnectedInfo, type DisconnectedInfo, type Unrecovered } from "../../src/index.js";
-import { eventually, jwt, publish, startNode, startRedis, stopAll, type Node } from "../harness.js";
+import { eventually, jwt, publish, publishAtRate, startNode, startRedis, stopAll, type Node } from "../harness.js";
 
 afterEach(stopAll);
-
-/** Publishes `{seq}` for seq = 1, 2, ... at `rate`/s until stopped. */
-function publishAtRate(node: Node, channel: string, rate: number) {
-  let sent = 0;
-  let stopped = false;
-  const done = (async () => {
-    const start = Date.now();
-    while (!stopped) {
-      const wait = start + ((sent + 1) * 1000) / rate - Date.now();
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
-      await publish(node, channel, "tick", { seq: sent + 1 });
-      sent++;
-    }
-  })();
-  return {
-    sent: () => sent,
-    /** Stops; resolves with how many were published. */
-    stop: async () => {
-      stopped = true;
-      await done;
-      return sent;
-    },
-  };
-}
 
 /** A client on `urls` subscribed to `channel`, recording every publication. */
 function recorder(urls: string[], channel: string, opts: ConstructorParameters<typeof Herald>[1] = {}) {
