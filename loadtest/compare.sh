@@ -107,28 +107,39 @@ wait_ready() { # URL
 }
 
 # ---- Herald -------------------------------------------------------------
-start_redis
-H1=$(free_port); H2=$(free_port)
-for p in "$H1" "$H2"; do
-  # One runtime thread per node, like each single-threaded Node.js process of the peer.
-  # The load client opens thousands of connections from few addresses: no per-address limits.
-  "$ROOT/target/release/herald" serve --listen "127.0.0.1:$p" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
-    --worker-threads "${NODE_THREADS:-1}" --max-connections-per-ip 0 --connection-rate-per-ip 0 \
-    --log warn >"$OUT/herald-$p.log" 2>&1 &
-  pids+=($!)
-done
-wait_ready "http://127.0.0.1:$H1"; wait_ready "http://127.0.0.1:$H2"
-HURLS=("http://127.0.0.1:$H1" "http://127.0.0.1:$H2")
-h_best=$(sweep herald herald "${HURLS[@]}")
-read -r h_p50 h_p99 < <(common herald herald "${HURLS[@]}")
-h_idle=$(idle herald herald "${HURLS[@]}")
-x_best=$(sweep herald-sio herald-socketio "${HURLS[@]}")
-read -r x_p50 x_p99 < <(common herald-sio herald-socketio "${HURLS[@]}")
-x_idle=$(idle herald-sio herald-socketio "${HURLS[@]}")
-for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-wait 2>/dev/null || true
-pids=()
-stop_redis
+# herald_part NAME TARGET: a fresh Redis and 2 fresh nodes (idle memory is
+# measured from a clean start), the three measurements, then stop them all.
+# Sets ${NAME}_best, ${NAME}_p50, ${NAME}_p99, ${NAME}_idle.
+herald_part() {
+  local name=$1 target=$2 p
+  start_redis
+  H1=$(free_port); H2=$(free_port)
+  for p in "$H1" "$H2"; do
+    # One runtime thread per node, like each single-threaded Node.js process of the peer.
+    # The load client opens thousands of connections from few addresses: no per-address limits.
+    "$ROOT/target/release/herald" serve --listen "127.0.0.1:$p" --redis-url "redis://127.0.0.1:$REDIS_PORT" \
+      --worker-threads "${NODE_THREADS:-1}" --max-connections-per-ip 0 --connection-rate-per-ip 0 \
+      --log warn >"$OUT/$name-$p.log" 2>&1 &
+    pids+=($!)
+  done
+  wait_ready "http://127.0.0.1:$H1"; wait_ready "http://127.0.0.1:$H2"
+  local urls=("http://127.0.0.1:$H1" "http://127.0.0.1:$H2") best p50 p99 kib
+  best=$(sweep "$name" "$target" "${urls[@]}")
+  read -r p50 p99 < <(common "$name" "$target" "${urls[@]}")
+  kib=$(idle "$name" "$target" "${urls[@]}")
+  printf -v "${name//-/_}_best" %s "$best"
+  printf -v "${name//-/_}_p50" %s "$p50"
+  printf -v "${name//-/_}_p99" %s "$p99"
+  printf -v "${name//-/_}_idle" %s "$kib"
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pids=()
+  stop_redis
+}
+herald_part herald herald
+h_best=$herald_best h_p50=$herald_p50 h_p99=$herald_p99 h_idle=$herald_idle
+herald_part herald-sio herald-socketio
+x_best=$herald_sio_best x_p50=$herald_sio_p50 x_p99=$herald_sio_p99 x_idle=$herald_sio_idle
 
 # ---- Socket.IO ----------------------------------------------------------
 PEER=$OUT/socketio-peer
