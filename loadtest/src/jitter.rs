@@ -457,15 +457,22 @@ impl HeraldSide {
 }
 
 impl SioSide {
-    /// CONNECT to the namespace, asking to recover when possible.
+    /// CONNECT to the namespace, asking to recover when there is a `pid`:
+    /// like socket.io-client, with the last offset when an event came, and
+    /// the `pid` alone when none did (Herald recovers from the `pid`'s
+    /// position; the peer cannot).
     fn hello(&mut self) -> Vec<u8> {
         match &self.pid {
-            Some(pid) if !self.offset.is_empty() => {
+            Some(pid) => {
                 self.asked = Some(pid.clone());
-                let body = json!({"pid": pid, "offset": self.offset}).to_string();
-                sio::connect_packet(&self.ns, Some(&body))
+                let body = if self.offset.is_empty() {
+                    json!({ "pid": pid })
+                } else {
+                    json!({"pid": pid, "offset": self.offset})
+                };
+                sio::connect_packet(&self.ns, Some(&body.to_string()))
             }
-            _ => {
+            None => {
                 self.asked = None;
                 sio::connect_packet(&self.ns, None)
             }
@@ -1107,6 +1114,10 @@ mod tests {
         );
         assert_eq!((log.recovered, log.unrecovered), (1, 1));
         assert!(s.offset.is_empty());
+        let hello = s.hello();
+        let body: Value =
+            serde_json::from_slice(hello.strip_prefix(b"40").expect("40")).expect("json");
+        assert_eq!(body, json!({"pid": "P2"}), "no event yet: the pid alone");
         assert_eq!(trailing_string(br#"{"t":1,"s":2,"p":"xx"}"#), None);
         assert_eq!(trailing_string(br#"{"p":"a"},"9-1""#), Some(&b"9-1"[..]));
         assert!(
