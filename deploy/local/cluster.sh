@@ -124,7 +124,20 @@ backend herald
     # per-address limits see clients, not HAProxy. Health checks go to the
     # admin port without it.
     default-server inter 1s fall 2 rise 1 send-proxy-v2
+    # Socket.IO long-polling (and its upgrade to WebSocket): every request
+    # of a session carries its sid, which starts with the id of the node
+    # that holds the session and a dot. Route it there; no cookie or stick
+    # table needed. A node that is down is skipped by its rule, so the
+    # request goes to another node, which answers "Session ID unknown" (400)
+    # at once and the client opens a new session. A node that refuses
+    # connections before its checks mark it down: the retry goes to another
+    # node at once, instead of after HAProxy's 1 s turn-around delays.
+    retries 2
+    option redispatch 1
 EOF
+  for i in $(seq 1 "$nodes"); do
+    echo "    use-server node-$i if { urlp(sid) -m beg node-$i. }"
+  done
   for i in $(seq 1 "$nodes"); do
     echo "    server node-$i 127.0.0.1:$((base + i)) check port $((admin_base + i))"
   done

@@ -27,13 +27,27 @@ export function stopHaProxies(): void {
   running.clear();
 }
 
+export interface HaProxyOptions {
+  /**
+   * Spread new requests over the nodes (`balance roundrobin`), and route
+   * every request naming a Socket.IO sid to the node whose id starts it, as
+   * deploy/local/cluster.sh does for long-polling; a refused connection is
+   * retried on another node at once.
+   */
+  routeSids?: boolean;
+}
+
 /**
- * HAProxy on `nodes`, in that order of preference (`balance first`), each
- * checked on its `/readyz` every 100 ms and taken out at the first failure.
+ * HAProxy on `nodes`, in that order of preference (`balance first`, unless
+ * `opts.routeSids`), each checked on its `/readyz` every 100 ms and taken
+ * out at the first failure.
  * Without `check`, a dead node stays in and clients keep getting `503`.
  */
-export async function startHaProxy(nodes: Node[]): Promise<HaProxy> {
+export async function startHaProxy(nodes: Node[], opts: HaProxyOptions = {}): Promise<HaProxy> {
   const dir = mkdtempSync(`${tmpdir()}/herald-haproxy-`);
+  const rules = opts.routeSids
+    ? nodes.map((n, i) => `    use-server node${i} if { urlp(sid) -m beg ${n.id}. }\n`).join("")
+    : "";
   const servers = nodes.map((n, i) => `    server node${i} ${new URL(n.http).host} check`).join("\n");
   // HAProxy cannot report a port the kernel chose: take one the kernel just
   // gave out, and try again should something else take it meanwhile.
@@ -51,18 +65,18 @@ defaults
     timeout tunnel 1h
     timeout check 1s
     retries 2
-    option redispatch
+    option redispatch${opts.routeSids ? " 1" : ""}
 
 frontend clients
     bind 127.0.0.1:${port}
     default_backend herald
 
 backend herald
-    balance first
+    balance ${opts.routeSids ? "roundrobin" : "first"}
     option httpchk GET /readyz
     http-check expect status 200
     default-server inter 100ms fall 1 rise 1
-${servers}
+${rules}${servers}
 `;
     writeFileSync(`${dir}/haproxy.cfg`, cfg);
     const p = spawn("haproxy", ["-db", "-f", `${dir}/haproxy.cfg`], { stdio: ["ignore", "pipe", "pipe"] });

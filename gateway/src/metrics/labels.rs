@@ -298,3 +298,40 @@ labels! {
         Client => "client",
     }
 }
+
+labels! {
+    /// A Socket.IO long-polling request: a handshake, a GET or a POST.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum PollMethod {
+        Open => "open",
+        Get => "get",
+        Post => "post",
+    }
+}
+
+labels! {
+    /// How a long-polling request ended.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum PollOutcome {
+        Ok => "ok",
+        /// No such session on this node (Engine.IO code 1).
+        UnknownSid => "unknown_sid",
+        /// A second GET (or POST) while one was in flight: the session closes.
+        Overlap => "overlap",
+        /// An unreadable payload: the session closes.
+        BadRequest => "bad_request",
+        /// A POST body over the cap (413): the session closes.
+        TooLarge => "too_large",
+        /// A handshake refused (drain, origin, max_connections).
+        Refused => "refused",
+    }
+}
+
+labels! {
+    /// Whether an Engine.IO upgrade from polling to WebSocket completed.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum UpgradeOutcome {
+        Ok => "ok",
+        Failed => "failed",
+    }
+}

@@ -10,8 +10,8 @@ mod labels;
 use herald_proto::{CloseCode, ErrorCode};
 pub(crate) use labels::{
     AcceptError, ApiRoute, ApiStatus, AuthFailure, AuthKind, BrokerOp, DenialAction, DenialReason,
-    DropReason, Ended, Label, RedisCommand, RedisResult, RefuseReason, Reload, ResetReason, Source,
-    TimeoutStage, labels,
+    DropReason, Ended, Label, PollMethod, PollOutcome, RedisCommand, RedisResult, RefuseReason,
+    Reload, ResetReason, Source, TimeoutStage, UpgradeOutcome, labels,
 };
 
 use prometheus::{
@@ -56,6 +56,10 @@ pub(crate) struct Metrics {
     resumes: IntCounterVec,
     /// WebSocket upgrades and connects refused, by `reason` (max_connections, origin, draining, per_user).
     refused: IntCounterVec,
+    /// Socket.IO long-polling requests, by `method` (open, get, post) and `outcome`.
+    polling_requests: IntCounterVec,
+    /// Engine.IO upgrades from polling to WebSocket, by `outcome`.
+    upgrades: IntCounterVec,
     /// Distinct authenticated users connected to this node.
     pub(crate) users: IntGauge,
     /// Token checks, by `kind` (connect, subscribe, refresh) and `outcome` (ok or why not).
@@ -280,6 +284,18 @@ impl Metrics {
                 "WebSocket upgrades refused before a session started.",
                 &["reason"],
             ),
+            polling_requests: counter_vec(
+                &r,
+                "herald_socketio_polling_requests_total",
+                "Socket.IO HTTP long-polling requests by method and outcome.",
+                &["method", "outcome"],
+            ),
+            upgrades: counter_vec(
+                &r,
+                "herald_socketio_upgrades_total",
+                "Engine.IO upgrades from polling to WebSocket by outcome.",
+                &["outcome"],
+            ),
             users: gauge(
                 &r,
                 "herald_users",
@@ -466,6 +482,7 @@ impl Metrics {
                 ),
             ),
             (&self.refused, labels_of::<RefuseReason>()),
+            (&self.upgrades, labels_of::<UpgradeOutcome>()),
             (&self.jwks_reloads, labels_of::<Reload>()),
             (&self.timeouts, labels_of::<TimeoutStage>()),
             (&self.accept_errors, labels_of::<AcceptError>()),
@@ -487,6 +504,7 @@ impl Metrics {
             (&self.denials, pairs::<DenialAction, DenialReason>()),
             (&self.redis_commands, pairs::<RedisCommand, RedisResult>()),
             (&self.api_requests, pairs::<ApiRoute, ApiStatus>()),
+            (&self.polling_requests, pairs::<PollMethod, PollOutcome>()),
         ]
     }
 
@@ -556,6 +574,23 @@ impl Metrics {
 
     pub(crate) fn state_reset(&self, reason: ResetReason) {
         self.state_resets.with_label_values(&[reason.label()]).inc();
+    }
+
+    /// A Socket.IO long-polling request and how it ended.
+    pub(crate) fn polling(&self, method: PollMethod, outcome: PollOutcome) {
+        self.polling_requests
+            .with_label_values(&[method.label(), outcome.label()])
+            .inc();
+    }
+
+    /// An Engine.IO upgrade from polling to WebSocket, done or failed.
+    pub(crate) fn upgrade(&self, ok: bool) {
+        let outcome = if ok {
+            UpgradeOutcome::Ok
+        } else {
+            UpgradeOutcome::Failed
+        };
+        self.upgrades.with_label_values(&[outcome.label()]).inc();
     }
 
     pub(crate) fn refused(&self, reason: RefuseReason) {
@@ -726,6 +761,11 @@ mod tests {
                 "outcome",
                 labels_of::<Reload>(),
             ),
+            (
+                "herald_socketio_upgrades_total",
+                "outcome",
+                labels_of::<UpgradeOutcome>(),
+            ),
         ];
         for (name, key, values) in one {
             for v in values {
@@ -759,6 +799,12 @@ mod tests {
             assert!(has(
                 "herald_redis_script_duration_seconds_bucket",
                 &[("script", c.label())]
+            ));
+        }
+        for (m, o) in pairs::<PollMethod, PollOutcome>() {
+            assert!(has(
+                "herald_socketio_polling_requests_total",
+                &[("method", m), ("outcome", o)]
             ));
         }
         for (r, s) in pairs::<ApiRoute, ApiStatus>() {

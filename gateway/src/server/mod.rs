@@ -26,12 +26,13 @@ use crate::broker::{Broker, BrokerError};
 use crate::channels::Rules;
 use crate::config::{BrokerConfig, Config};
 use crate::hub::Hub;
-use crate::metrics::{RefuseReason, metrics};
+use crate::metrics::{PollMethod, PollOutcome, RefuseReason, metrics};
 use crate::node::Node;
 use crate::session::SessionCtx;
 use crate::signal::Signal;
 use crate::token::Tokens;
 use crate::transport;
+use crate::transport::socketio::polling::{Answer, EngineError, Handle, Polls};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -89,6 +90,8 @@ struct AppState {
     broker_stop: CancellationToken,
     /// What the listeners share: admission state and the accept loops' stop.
     accept: Arc<accept::AcceptCtx>,
+    /// This node's Socket.IO long-polling sessions.
+    polls: Arc<Polls>,
 }
 
 /// A node ready to serve: listeners bound, broker started.
@@ -116,6 +119,7 @@ impl Server {
                 .map_err(|e: BrokerError| ServerError::Broker(e.to_string()))?,
         };
         let rules = Arc::new(Rules::from_config(cfg));
+        let polls = Polls::new(&node_id);
         let node = Arc::new(Node::new(
             node_id,
             hub,
@@ -169,6 +173,7 @@ impl Server {
                 shutdown,
                 broker_stop,
                 accept: Arc::new(accept_ctx(&cfg.server)?),
+                polls,
             },
             max_payload: cfg.session.max_payload,
             api_keys: ApiState::hash_keys(&cfg.api.all_keys().map_err(ServerError::Config)?),
@@ -207,8 +212,8 @@ impl Server {
             .route("/", get(|| async { Html(DEMO_PAGE) }))
             .route("/herald.js", get(client_bundle))
             .route("/ws", get(ws_upgrade))
-            .route("/socket.io", get(socketio_upgrade))
-            .route("/socket.io/", get(socketio_upgrade))
+            .route("/socket.io", get(socketio_get).post(socketio_post))
+            .route("/socket.io/", get(socketio_get).post(socketio_post))
             .with_state(st.clone());
         let (public_app, admin_app) = match self.admin {
             Some(l) => (
@@ -322,10 +327,11 @@ async fn ws_upgrade(
 }
 
 /// What an upgraded WebSocket speaks.
-#[derive(Clone, Copy)]
 enum Protocol {
     Herald,
     SocketIo,
+    /// A Socket.IO polling session moving to this WebSocket.
+    SocketIoUpgrade(Arc<Handle>),
 }
 
 /// The query of an Engine.IO request.
@@ -337,39 +343,177 @@ struct EngineQuery {
     sid: Option<String>,
 }
 
-/// `/socket.io/`: Engine.IO v4 (`EIO=4`), WebSocket transport only for now.
+/// An Engine.IO error: HTTP 400, `{"code","message"}`.
+fn engine_error(e: EngineError) -> Response {
+    let body = serde_json::json!({ "code": e.code(), "message": e.message() });
+    (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+}
+
+/// The Engine.IO query, checked: `EIO=4` and a transport it serves.
+fn engine_query(
+    query: Result<axum::extract::Query<EngineQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<EngineQuery, EngineError> {
+    let Ok(axum::extract::Query(q)) = query else {
+        return Err(EngineError::BadRequest);
+    };
+    if !matches!(q.transport.as_deref(), Some("websocket" | "polling")) {
+        metrics().refused(RefuseReason::NotWebsocket);
+        return Err(EngineError::TransportUnknown);
+    }
+    if q.eio.as_deref() != Some("4") {
+        return Err(EngineError::UnsupportedVersion);
+    }
+    Ok(q)
+}
+
+type EngineQueryResult =
+    Result<axum::extract::Query<EngineQuery>, axum::extract::rejection::QueryRejection>;
+
+/// `GET /socket.io/`: Engine.IO v4 (`EIO=4`). `transport=websocket`
+/// upgrades (a new session, or with `sid` a polling session moving over);
+/// `transport=polling` opens a polling session, or with `sid` long-polls it.
 /// Anything else gets the Engine.IO error (HTTP 400, `{"code","message"}`).
-async fn socketio_upgrade(
+async fn socketio_get(
     State(st): State<AppState>,
     client: Option<axum::Extension<accept::Client>>,
     headers: axum::http::HeaderMap,
-    query: Result<axum::extract::Query<EngineQuery>, axum::extract::rejection::QueryRejection>,
+    query: EngineQueryResult,
     upgrade: Result<IncomingUpgrade, StatusCode>,
 ) -> Response {
-    let engine_error = |code: u8, message: &str| {
-        let body = serde_json::json!({ "code": code, "message": message });
-        (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()
+    let q = match engine_query(query) {
+        Ok(q) => q,
+        Err(e) => return engine_error(e),
     };
-    let Ok(axum::extract::Query(q)) = query else {
-        return engine_error(3, "Bad request");
-    };
-    if q.transport.as_deref() != Some("websocket") {
-        // Long-polling is not served yet (docs/socketio.md).
-        metrics().refused(RefuseReason::NotWebsocket);
-        return engine_error(0, "Transport unknown");
+    if q.transport.as_deref() == Some("polling") {
+        if let Some(r) = foreign_origin(&st, &headers) {
+            return r;
+        }
+        let answer = match q.sid {
+            Some(sid) => st.polls.poll(&sid).await,
+            None => {
+                if let Some(r) = refuse_new(&st, &headers, true) {
+                    metrics().polling(PollMethod::Open, PollOutcome::Refused);
+                    return r;
+                }
+                let (open, driver) = st.polls.open(st.sessions.clone());
+                st.tracker.spawn(driver);
+                Answer::Body(open)
+            }
+        };
+        return polling_answer(answer, &headers);
     }
-    if q.eio.as_deref() != Some("4") {
-        return engine_error(5, "Unsupported protocol version");
-    }
-    if q.sid.is_some() {
-        // Only an upgrade from polling names a sid, and no polling session exists.
-        return engine_error(1, "Session ID unknown");
+    if q.sid.as_deref().is_some_and(|sid| !st.polls.holds(sid)) {
+        metrics().upgrade(false);
+        return engine_error(EngineError::UnknownSid);
     }
     if upgrade.is_err() {
         metrics().refused(RefuseReason::NotWebsocket);
-        return engine_error(3, "Bad request");
+        return engine_error(EngineError::BadRequest);
     }
-    upgrade_to(st, client, headers, upgrade, Protocol::SocketIo)
+    let protocol = match q.sid {
+        None => Protocol::SocketIo,
+        Some(sid) => match st.polls.claim(&sid) {
+            Ok(h) => Protocol::SocketIoUpgrade(h),
+            Err(e) => {
+                metrics().upgrade(false);
+                return engine_error(e);
+            }
+        },
+    };
+    upgrade_to(st, client, headers, upgrade, protocol)
+}
+
+/// `POST /socket.io/?EIO=4&transport=polling&sid=…`: the client's packets,
+/// a body of at most `max_payload` + 4 KiB.
+async fn socketio_post(
+    State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
+    query: EngineQueryResult,
+    body: axum::body::Body,
+) -> Response {
+    let q = match engine_query(query) {
+        Ok(q) => q,
+        Err(e) => return engine_error(e),
+    };
+    let (Some("polling"), Some(sid)) = (q.transport.as_deref(), q.sid) else {
+        return engine_error(EngineError::BadRequest);
+    };
+    if let Some(r) = foreign_origin(&st, &headers) {
+        return r;
+    }
+    let limit = st.sessions.cfg.max_frame();
+    let read = async move { axum::body::to_bytes(body, limit).await.ok() };
+    let answer = st.polls.post(&sid, read).await;
+    polling_answer(answer, &headers)
+}
+
+/// A polling answer as HTTP; a request with an `Origin` (allowed, or it
+/// would not get here) may read it (CORS).
+fn polling_answer(answer: Answer, headers: &axum::http::HeaderMap) -> Response {
+    let mut resp = match answer {
+        Answer::Body(body) => {
+            ([(header::CONTENT_TYPE, "text/plain; charset=UTF-8")], body).into_response()
+        }
+        Answer::Error(e) => engine_error(e),
+        Answer::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n").into_response(),
+    };
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::HeaderValue::from_static("true"),
+        );
+        h.insert(header::VARY, header::HeaderValue::from_static("origin"));
+    }
+    resp
+}
+
+/// 403 for a request whose `Origin` is not in `allowed_origins` (if set).
+fn foreign_origin(st: &AppState, headers: &axum::http::HeaderMap) -> Option<Response> {
+    let origin = headers.get(header::ORIGIN)?;
+    let allowed = &st.limits.allowed_origins;
+    if allowed.is_empty() || allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
+        return None;
+    }
+    metrics().refused(RefuseReason::Origin);
+    Some(
+        (
+            StatusCode::FORBIDDEN,
+            [(header::CONNECTION, "close")],
+            "origin not allowed\n",
+        )
+            .into_response(),
+    )
+}
+
+/// Whether a new session may start here now (drain, origin, and, when
+/// `count`, `max_connections`): the refusal to answer with, if not.
+fn refuse_new(st: &AppState, headers: &axum::http::HeaderMap, count: bool) -> Option<Response> {
+    let refuse = |reason: RefuseReason, status: StatusCode, text: &'static str| {
+        metrics().refused(reason);
+        // A refused upgrade has nothing more to say on this connection.
+        Some((status, [(header::CONNECTION, "close")], text).into_response())
+    };
+    if st.shutdown.is_cancelled() {
+        return refuse(
+            RefuseReason::Draining,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down\n",
+        );
+    }
+    if let Some(r) = foreign_origin(st, headers) {
+        return Some(r);
+    }
+    let max = st.limits.max_connections;
+    if count && max > 0 && metrics().connections.get() >= max as i64 {
+        return refuse(
+            RefuseReason::MaxConnections,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node is full; try another\n",
+        );
+    }
+    None
 }
 
 /// Admits a WebSocket upgrade (drain, origin, connection limits) and runs
@@ -394,35 +538,13 @@ fn upgrade_to(
         )
             .into_response();
     };
-    let refuse = |reason: RefuseReason, status: StatusCode, text: &'static str| {
-        metrics().refused(reason);
-        // A refused upgrade has nothing more to say on this connection.
-        (status, [(header::CONNECTION, "close")], text).into_response()
-    };
-    if st.shutdown.is_cancelled() {
-        return refuse(
-            RefuseReason::Draining,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "shutting down\n",
-        );
-    }
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = &st.limits.allowed_origins;
-        if !allowed.is_empty() && !allowed.iter().any(|a| a.as_bytes() == origin.as_bytes()) {
-            return refuse(
-                RefuseReason::Origin,
-                StatusCode::FORBIDDEN,
-                "origin not allowed\n",
-            );
+    // A polling session moving over is counted already.
+    let new = !matches!(protocol, Protocol::SocketIoUpgrade(_));
+    if let Some(r) = refuse_new(&st, &headers, new) {
+        if let Protocol::SocketIoUpgrade(h) = &protocol {
+            h.abandon();
         }
-    }
-    let max = st.limits.max_connections;
-    if max > 0 && metrics().connections.get() >= max as i64 {
-        return refuse(
-            RefuseReason::MaxConnections,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "node is full; try another\n",
-        );
+        return r;
     }
     // Behind a trusted proxy, the client named by the forwarding headers is
     // charged for the session (the proxy itself is not).
@@ -436,11 +558,16 @@ fn upgrade_to(
                 match st.accept.per_address.admit(real) {
                     Ok(slot) => behind_proxy = Some(slot),
                     Err(reason) => {
-                        return refuse(
-                            reason,
+                        metrics().refused(reason);
+                        if let Protocol::SocketIoUpgrade(h) = &protocol {
+                            h.abandon();
+                        }
+                        return (
                             StatusCode::TOO_MANY_REQUESTS,
+                            [(header::CONNECTION, "close")],
                             "too many connections from this address\n",
-                        );
+                        )
+                            .into_response();
                     }
                 }
             }
@@ -448,7 +575,12 @@ fn upgrade_to(
     }
     let (resp, fut) = match upgrade.upgrade() {
         Ok(x) => x,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        Err(e) => {
+            if let Protocol::SocketIoUpgrade(h) = &protocol {
+                h.abandon();
+            }
+            return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response();
+        }
     };
     // The socket's charges now last as long as the session.
     let charges = client.and_then(|axum::Extension(c)| c.charges.take());
@@ -459,8 +591,16 @@ fn upgrade_to(
             Ok(ws) => match protocol {
                 Protocol::Herald => transport::ws::run(ws.into_inner(), ctx).await,
                 Protocol::SocketIo => transport::socketio::run(ws.into_inner(), ctx).await,
+                Protocol::SocketIoUpgrade(h) => {
+                    transport::socketio::polling::upgrade(ws.into_inner(), ctx, h).await
+                }
             },
-            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade failed"),
+            Err(e) => {
+                if let Protocol::SocketIoUpgrade(h) = &protocol {
+                    h.abandon();
+                }
+                tracing::debug!(error = %e, "WebSocket upgrade failed")
+            }
         }
     });
     resp.into_response()

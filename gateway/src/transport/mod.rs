@@ -9,7 +9,9 @@
 //! - [`ws`]: Herald protocol v1, JSON text frames over WebSocket; also the
 //!   connection machinery (reader loop, writer task) every protocol over
 //!   WebSocket shares.
-//! - [`socketio`]: Socket.IO v5 over Engine.IO v4, WebSocket transport.
+//! - [`socketio`]: Socket.IO v5 over Engine.IO v4: the WebSocket transport
+//!   (on `ws`'s machinery) and HTTP long-polling, with the upgrade from
+//!   polling to WebSocket.
 
 pub(crate) mod socketio;
 pub(crate) mod ws;

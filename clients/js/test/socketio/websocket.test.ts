@@ -188,7 +188,7 @@ describe("socket.io-client over WebSocket", () => {
     expect(seqs).toEqual([1, 2, 3, 4, 5]);
   });
 
-  it("Engine.IO errors: EIO=3, an unknown transport, polling (not yet), an unknown sid", async () => {
+  it("Engine.IO errors: EIO=3, an unknown transport, an unknown sid", async () => {
     const node = await startNode();
     const get = async (q: string) => {
       const res = await fetch(`${node.http}/socket.io/?${q}`);
@@ -196,7 +196,6 @@ describe("socket.io-client over WebSocket", () => {
     };
     expect(await get("EIO=3&transport=websocket")).toEqual([400, { code: 5, message: "Unsupported protocol version" }]);
     expect(await get("EIO=4&transport=carrier-pigeon")).toEqual([400, { code: 0, message: "Transport unknown" }]);
-    expect(await get("EIO=4&transport=polling")).toEqual([400, { code: 0, message: "Transport unknown" }]);
     expect(await get("EIO=4&transport=websocket&sid=abc")).toEqual([400, { code: 1, message: "Session ID unknown" }]);
     expect(await get("EIO=4&transport=websocket")).toEqual([400, { code: 3, message: "Bad request" }]);
   });

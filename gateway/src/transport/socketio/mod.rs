@@ -1,10 +1,14 @@
-//! Socket.IO v5 over Engine.IO v4, WebSocket transport: an adapter that
-//! lets the unmodified `socket.io-client` talk to the session core.
+//! Socket.IO v5 over Engine.IO v4: an adapter that lets the unmodified
+//! `socket.io-client` talk to the session core.
 //!
-//! Sits between the server's `/socket.io/` upgrade handler and `session`,
-//! beside `transport::ws`, whose connection machinery it shares (message
-//! reader, writer task, closing): only the reading of text messages
-//! ([`SioInbound`]) and the writing of items ([`SioFraming`]) differ.
+//! Sits between the server's `/socket.io/` handlers and `session`. Two
+//! carriers share the packet layer here: over WebSocket it uses
+//! `transport::ws`'s connection machinery (message reader, writer task,
+//! closing), and only the reading of text messages ([`SioInbound`]) and the
+//! writing of items ([`SioFraming`]) differ; HTTP long-polling
+//! ([`polling`]) runs the same two halves from request handlers, writing
+//! `\x1e`-joined payloads ([`payload`]), until an upgrade hands the
+//! session to a WebSocket.
 //!
 //! The mapping (`docs/socketio.md`):
 //! - the first CONNECT of any namespace is the Herald `connect` (its `auth`
@@ -25,6 +29,8 @@
 //! are queued already encoded.
 
 pub(crate) mod packet;
+pub(crate) mod payload;
+pub(crate) mod polling;
 
 use super::ws::write::{Framing, push_frame};
 use super::ws::{Inbound, OpenedParts};
@@ -45,12 +51,19 @@ pub(crate) async fn run<S>(io: S, ctx: Arc<SessionCtx>)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    let (framing, inbound) = halves(false);
+    super::ws::serve(io, ctx, Wire::SocketIo, framing, inbound).await;
+}
+
+/// The writing and reading halves of one Engine.IO session, sharing its
+/// book; `polling`: written as polling payloads (else WebSocket messages).
+fn halves(polling: bool) -> (SioFraming, SioInbound) {
     let book = Arc::new(Mutex::new(Book::default()));
     let framing = SioFraming {
         book: Arc::clone(&book),
+        polling,
     };
-    let inbound = SioInbound { book, next_id: 0 };
-    super::ws::serve(io, ctx, Wire::SocketIo, framing, inbound).await;
+    (framing, SioInbound { book, next_id: 0 })
 }
 
 /// What a command's reply becomes, noted under the command's id.
@@ -102,6 +115,19 @@ fn send(link: &SessionLink, packet: String) {
 }
 
 impl SioInbound {
+    /// Takes `sid` as the session's; returns its open packet (`upgrade`:
+    /// offering the WebSocket transport, to a polling session).
+    fn open(&mut self, sid: &str, upgrade: bool, ctx: &SessionCtx) -> String {
+        sid.clone_into(&mut lock(&self.book).sid);
+        packet::open(
+            sid,
+            upgrade,
+            ctx.cfg.ping_interval.as_millis() as u64,
+            ctx.cfg.pong_timeout.as_millis() as u64,
+            ctx.cfg.max_payload,
+        )
+    }
+
     /// Notes what the reply to the next command becomes; returns its id.
     fn expect(&mut self, pending: Pending) -> u64 {
         self.next_id += 1;
@@ -285,13 +311,7 @@ fn unreadable(link: &SessionLink, e: packet::PacketError) -> bool {
 impl Inbound for SioInbound {
     fn opened(&mut self, link: &SessionLink, ctx: &SessionCtx) {
         let sid = format!("{:016x}", link.id);
-        let open = packet::open(
-            &sid,
-            ctx.cfg.ping_interval.as_millis() as u64,
-            ctx.cfg.pong_timeout.as_millis() as u64,
-            ctx.cfg.max_payload,
-        );
-        lock(&self.book).sid = sid;
+        let open = self.open(&sid, false, ctx);
         send(link, open);
     }
 
@@ -315,8 +335,9 @@ impl Inbound for SioInbound {
                 return false;
             }
             // Client pings only probe a new transport during an upgrade,
-            // which a WebSocket-only session never does.
-            Ok(Engine::Ping(_) | Engine::Ignored) => return false,
+            // which `polling::upgrade` answers before the session gets here;
+            // `5` ends that upgrade.
+            Ok(Engine::Ping(_) | Engine::Upgrade | Engine::Ignored) => return false,
             Err(e) => return unreadable(link, e),
         };
         let p = match packet::decode(message) {
@@ -359,12 +380,24 @@ struct ReplyView<'a> {
     recovered: Option<bool>,
 }
 
-/// Writes items as Engine.IO/Socket.IO text messages.
+/// Writes items as Engine.IO/Socket.IO text messages, or as the packets
+/// of a polling payload.
 struct SioFraming {
     book: Arc<Mutex<Book>>,
+    /// Packets joined by `\x1e` (polling), else one WebSocket text message each.
+    polling: bool,
 }
 
 impl SioFraming {
+    /// Appends one Engine.IO packet.
+    fn push(&self, buf: &mut Vec<u8>, packet: &[u8]) {
+        if self.polling {
+            payload::push(buf, packet);
+        } else {
+            push_frame(buf, OpCode::Text, packet);
+        }
+    }
+
     /// The Socket.IO packet a Herald reply becomes, if any.
     fn translate(&self, frame: &[u8]) -> Option<String> {
         let r: ReplyView<'_> = match serde_json::from_slice(frame) {
@@ -439,18 +472,18 @@ impl SioFraming {
 impl Framing for SioFraming {
     fn item(&mut self, buf: &mut Vec<u8>, item: &Outbound) {
         match item {
-            Outbound::Publication(_) => push_frame(buf, OpCode::Text, item.encoded(Wire::SocketIo)),
+            Outbound::Publication(_) => self.push(buf, item.encoded(Wire::SocketIo)),
             Outbound::Frame(f) if f.first() == Some(&b'{') => {
                 if let Some(packet) = self.translate(f) {
-                    push_frame(buf, OpCode::Text, packet.as_bytes());
+                    self.push(buf, packet.as_bytes());
                 }
             }
-            Outbound::Frame(f) => push_frame(buf, OpCode::Text, f),
+            Outbound::Frame(f) => self.push(buf, f),
         }
     }
 
     fn ping(&mut self, buf: &mut Vec<u8>, _token: Option<&str>) {
-        push_frame(buf, OpCode::Text, b"2");
+        self.push(buf, b"2");
     }
 
     fn closing(&mut self, buf: &mut Vec<u8>, code: CloseCode, _reason: &str) {
@@ -458,8 +491,13 @@ impl Framing for SioFraming {
         // answers by reconnecting (and recovering); otherwise each
         // namespace is told the server disconnected it, so it stays away.
         if !code.reconnect() {
-            for nsp in &lock(&self.book).joined {
-                push_frame(buf, OpCode::Text, packet::disconnect(nsp).as_bytes());
+            let joined: Vec<String> = lock(&self.book)
+                .joined
+                .iter()
+                .map(|nsp| packet::disconnect(nsp))
+                .collect();
+            for p in joined {
+                self.push(buf, p.as_bytes());
             }
         }
     }

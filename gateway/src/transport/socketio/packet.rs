@@ -26,7 +26,10 @@ pub(crate) enum Engine<'a> {
     Pong,
     /// `4`: a Socket.IO packet.
     Message(&'a str),
-    /// `5` (upgrade) or `6` (noop): meaningless on a WebSocket-only session.
+    /// `5`: the client switches to the WebSocket that sent this (the last
+    /// step of an upgrade from polling).
+    Upgrade,
+    /// `6` (noop): nothing to do.
     Ignored,
 }
 
@@ -50,7 +53,8 @@ pub(crate) fn decode_engine(text: &str) -> Result<Engine<'_>, PacketError> {
         '2' => Engine::Ping(rest),
         '3' => Engine::Pong,
         '4' => Engine::Message(rest),
-        '5' | '6' => Engine::Ignored,
+        '5' => Engine::Upgrade,
+        '6' => Engine::Ignored,
         '0' => return Err(PacketError("clients do not send Engine.IO open packets")),
         _ => return Err(PacketError("unknown Engine.IO packet type")),
     })
@@ -238,18 +242,21 @@ fn head(kind: char, nsp: &str) -> String {
     out
 }
 
-/// The Engine.IO open packet.
+/// The Engine.IO open packet; `upgrade`: the session may move to WebSocket
+/// (a polling session), which the packet advertises.
 pub(crate) fn open(
     sid: &str,
+    upgrade: bool,
     ping_interval_ms: u64,
     ping_timeout_ms: u64,
     max_payload: usize,
 ) -> String {
     let mut out = String::from("0{\"sid\":");
     json_str(&mut out, sid);
+    let upgrades = if upgrade { r#"["websocket"]"# } else { "[]" };
     let _ = write!(
         out,
-        ",\"upgrades\":[],\"pingInterval\":{ping_interval_ms},\"pingTimeout\":{ping_timeout_ms},\"maxPayload\":{max_payload}}}"
+        ",\"upgrades\":{upgrades},\"pingInterval\":{ping_interval_ms},\"pingTimeout\":{ping_timeout_ms},\"maxPayload\":{max_payload}}}"
     );
     out
 }
@@ -324,12 +331,22 @@ pub(crate) fn event(channel: &str, event: &str, data: &str, epoch: &str, offset:
 
 /// Fuzzing entry point (the `socketio` target in `fuzz/`, and the corpus
 /// replay test): reads arbitrary bytes as one WebSocket text message of a
-/// Socket.IO client, through every decoder the transport uses. Must never panic.
+/// Socket.IO client (and as a polling payload, each of its packets again), through every decoder the transport uses. Must never panic.
 #[doc(hidden)]
 pub fn fuzz_socketio(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    // The same bytes as a polling body: every text packet of it as well.
+    if let Ok(items) = super::payload::decode(text) {
+        for item in items {
+            if let super::payload::Item::Text(t) = item {
+                if t.len() < text.len() {
+                    fuzz_socketio(t.as_bytes());
+                }
+            }
+        }
+    }
     let inner = match decode_engine(text) {
         Ok(Engine::Message(m)) => m,
         _ => text,
@@ -360,6 +377,7 @@ mod tests {
         assert_eq!(decode_engine("1"), Ok(Engine::Close));
         assert_eq!(decode_engine("40"), Ok(Engine::Message("0")));
         assert_eq!(decode_engine("6"), Ok(Engine::Ignored));
+        assert_eq!(decode_engine("5"), Ok(Engine::Upgrade));
         assert!(decode_engine("").is_err());
         assert!(decode_engine("0{}").is_err());
         assert!(decode_engine("x").is_err());
@@ -447,7 +465,7 @@ mod tests {
     #[test]
     fn encoded_packets() {
         assert_eq!(
-            open("s1", 25000, 10000, 65536),
+            open("s1", false, 25000, 10000, 65536),
             r#"0{"sid":"s1","upgrades":[],"pingInterval":25000,"pingTimeout":10000,"maxPayload":65536}"#
         );
         assert_eq!(connected("/", "s", None), r#"40{"sid":"s"}"#);

@@ -93,13 +93,30 @@ pub(crate) async fn serve<S, F, I>(
     F: write::Framing,
     I: Inbound,
 {
+    let opened = Session::open(Arc::clone(&ctx), wire);
+    inbound.opened(&opened.link, &ctx);
+    serve_opened(io, ctx, opened, framing, inbound).await;
+}
+
+/// Runs a session already opened (e.g. one that began on another
+/// transport) over a WebSocket connection to its end.
+pub(crate) async fn serve_opened<S, F, I>(
+    io: S,
+    ctx: Arc<SessionCtx>,
+    opened: Opened,
+    framing: F,
+    mut inbound: I,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    F: write::Framing,
+    I: Inbound,
+{
     let Opened {
         mut session,
         link,
         shared,
         rx,
-    } = Session::open(Arc::clone(&ctx), wire);
-    inbound.opened(&link, &ctx);
+    } = opened;
     let (r, w) = tokio::io::split(io);
     let read_stop = CancellationToken::new();
     let mut socket = CancelRead::new(r, read_stop.clone());

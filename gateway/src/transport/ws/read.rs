@@ -281,6 +281,12 @@ impl<R: AsyncRead + Unpin> MessageReader<R> {
         }
     }
 
+    /// The bytes read past the last whole message, for a new reader to
+    /// start from (only meaningful between messages).
+    pub(crate) fn into_leftover(self) -> Bytes {
+        self.frames.buf.freeze()
+    }
+
     /// Reads frames until a message is complete. Control frames come back as
     /// soon as they arrive, also between the fragments of a message (§5.4).
     pub(crate) async fn next(&mut self) -> Result<Message, ReadError> {
