@@ -14,7 +14,7 @@
 //! may have been missed.
 
 use crate::broker::{Position, Sink};
-use crate::metrics::{Label, ResetReason, metrics};
+use crate::metrics::{Label, Protocol, ResetReason, metrics};
 use crate::publication::{Outbound, Publication};
 use crate::signal::Signal;
 use bytes::Bytes;
@@ -57,10 +57,17 @@ pub(crate) struct SessionLink {
     max_bytes: usize,
     ending: OnceLock<Ending>,
     closed: Signal,
+    /// What the session speaks: deliveries are counted by it.
+    pub(crate) protocol: Protocol,
 }
 
 impl SessionLink {
-    pub(crate) fn new(id: u64, tx: mpsc::Sender<Outbound>, max_bytes: usize) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        tx: mpsc::Sender<Outbound>,
+        max_bytes: usize,
+        protocol: Protocol,
+    ) -> Self {
         Self {
             id,
             tx,
@@ -68,6 +75,7 @@ impl SessionLink {
             max_bytes,
             ending: OnceLock::new(),
             closed: Signal::default(),
+            protocol,
         }
     }
 
@@ -373,13 +381,14 @@ impl Hub {
         }
         pos.offset = offset;
         let started = std::time::Instant::now();
-        let mut sent = 0u64;
+        // Queued, by protocol (`Protocol::Herald`, `Protocol::Socketio`).
+        let mut sent = [0u64; 2];
         let mut dropped = 0u64;
         for s in &mut ch.subs {
             match &mut s.held {
                 None => {
                     if s.link.send(Outbound::Publication(Arc::clone(&p))) {
-                        sent += 1;
+                        sent[s.link.protocol as usize] += 1;
                     } else {
                         dropped += 1;
                     }
@@ -392,7 +401,12 @@ impl Hub {
             }
         }
         let m = metrics();
-        m.delivered.inc_by(sent);
+        for p in [Protocol::Herald, Protocol::Socketio] {
+            if sent[p as usize] > 0 {
+                m.delivered.get(p).inc_by(sent[p as usize]);
+            }
+        }
+        let sent = sent[0] + sent[1];
         m.fanout_size.observe(sent as f64);
         m.fanout_duration.observe(started.elapsed().as_secs_f64());
         if dropped > 0 {
@@ -479,7 +493,10 @@ mod tests {
 
     fn link(id: u64, cap: usize) -> (Arc<SessionLink>, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(cap);
-        (Arc::new(SessionLink::new(id, tx, usize::MAX)), rx)
+        (
+            Arc::new(SessionLink::new(id, tx, usize::MAX, Protocol::Herald)),
+            rx,
+        )
     }
 
     /// Everything queued so far, as the Herald wire would write it.
@@ -582,7 +599,7 @@ mod tests {
     fn a_queue_over_its_byte_bound_is_a_slow_consumer() {
         let hub = Hub::new();
         let (tx, mut rx) = mpsc::channel(1024);
-        let slow = Arc::new(SessionLink::new(1, tx, 100));
+        let slow = Arc::new(SessionLink::new(1, tx, 100, Protocol::Herald));
         let (fast, mut fast_rx) = link(2, 1024);
         hub.prepare("c");
         hub.activate("c", pos("E", 0), &slow);

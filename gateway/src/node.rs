@@ -271,7 +271,12 @@ mod tests {
             rxs.push(rx);
             let node = node.clone();
             tasks.push(tokio::spawn(async move {
-                let link = Arc::new(SessionLink::new(id, tx, usize::MAX));
+                let link = Arc::new(SessionLink::new(
+                    id,
+                    tx,
+                    usize::MAX,
+                    crate::metrics::Protocol::Herald,
+                ));
                 let joined = node.subscribe("c", &link).await.expect("subscribe");
                 let offset = joined.start.offset;
                 joined.release(Vec::new());

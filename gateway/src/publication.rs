@@ -26,6 +26,14 @@ pub(crate) enum Wire {
 }
 
 impl Wire {
+    /// The `protocol` metric label of connections speaking this format.
+    pub(crate) fn protocol(self) -> crate::metrics::Protocol {
+        match self {
+            Self::Herald => crate::metrics::Protocol::Herald,
+            Self::SocketIo => crate::metrics::Protocol::Socketio,
+        }
+    }
+
     /// Encodes a reply or notice for this format.
     pub(crate) fn reply(self, reply: &Reply<'_>) -> Box<[u8]> {
         match self {

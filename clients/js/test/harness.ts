@@ -169,8 +169,17 @@ export function publishAtRate(node: Node, channel: string, rate: number): Ticker
 /** A gauge or counter without labels from the node's `/metrics`. */
 export async function metric(node: Node, name: string): Promise<number> {
   const text = await (await fetch(`${node.http}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
-  return Number(line?.split(" ")[1] ?? NaN);
+  // `name` alone sums every series of the family; `name{...}` is one series.
+  let sum = NaN;
+  for (const line of text.split("\n")) {
+    if (line.startsWith("#")) continue;
+    const cut = line.lastIndexOf(" ");
+    const series = line.slice(0, cut);
+    if (series === name || (!name.includes("{") && series.startsWith(`${name}{`))) {
+      sum = (Number.isNaN(sum) ? 0 : sum) + Number(line.slice(cut + 1));
+    }
+  }
+  return sum;
 }
 
 /** An HS256 JWT, as a backend would mint it. */

@@ -335,3 +335,14 @@ labels! {
         Failed => "failed",
     }
 }
+
+labels! {
+    /// The protocol a connection speaks.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Protocol {
+        /// Herald protocol v1 (`/ws`).
+        Herald => "herald",
+        /// Socket.IO over Engine.IO (`/socket.io/`), polling or WebSocket.
+        Socketio => "socketio",
+    }
+}

@@ -10,8 +10,8 @@ mod labels;
 use herald_proto::{CloseCode, ErrorCode};
 pub(crate) use labels::{
     AcceptError, ApiRoute, ApiStatus, AuthFailure, AuthKind, BrokerOp, DenialAction, DenialReason,
-    DropReason, Ended, Label, PollMethod, PollOutcome, RedisCommand, RedisResult, RefuseReason,
-    Reload, ResetReason, Source, TimeoutStage, UpgradeOutcome, labels,
+    DropReason, Ended, Label, PollMethod, PollOutcome, Protocol, RedisCommand, RedisResult,
+    RefuseReason, Reload, ResetReason, Source, TimeoutStage, UpgradeOutcome, labels,
 };
 
 use prometheus::{
@@ -22,16 +22,16 @@ use std::sync::LazyLock;
 
 pub(crate) struct Metrics {
     registry: Registry,
-    /// Open WebSocket connections (connected or still handshaking the protocol).
-    pub(crate) connections: IntGauge,
+    /// Open connections (connected or still handshaking the protocol), by `protocol`.
+    pub(crate) connections: PerProtocol<IntGauge>,
     /// Session → channel subscriptions on this node.
     pub(crate) subscriptions: IntGauge,
     /// Channels with at least one local subscriber (= broker subscriptions).
     pub(crate) channels: IntGauge,
     /// Publications accepted by the broker, by `source` (api, client).
     published: IntCounterVec,
-    /// Frames of publications queued to local subscribers.
-    pub(crate) delivered: IntCounter,
+    /// Frames of publications queued to local subscribers, by `protocol`.
+    pub(crate) delivered: PerProtocol<IntCounter>,
     /// Publications not delivered, by `reason` (slow_consumer, duplicate, no_subscribers).
     dropped: IntCounterVec,
     /// Server-initiated closes, by close `code`.
@@ -120,6 +120,43 @@ pub(crate) struct Hot {
     redis_script: [Histogram; 3],
 }
 
+/// One metric child per [`Protocol`], resolved once: hot paths index it
+/// instead of looking label values up.
+pub(crate) struct PerProtocol<T> {
+    herald: T,
+    socketio: T,
+}
+
+impl<T> PerProtocol<T> {
+    fn new(f: impl Fn(Protocol) -> T) -> Self {
+        Self {
+            herald: f(Protocol::Herald),
+            socketio: f(Protocol::Socketio),
+        }
+    }
+
+    /// The child for `p`.
+    pub(crate) fn get(&self, p: Protocol) -> &T {
+        match p {
+            Protocol::Herald => &self.herald,
+            Protocol::Socketio => &self.socketio,
+        }
+    }
+}
+
+impl PerProtocol<IntGauge> {
+    /// Every protocol's connections together (admission and drain count these).
+    pub(crate) fn total(&self) -> i64 {
+        self.herald.get() + self.socketio.get()
+    }
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
@@ -197,6 +234,18 @@ impl Metrics {
             "Publication frames not delivered.",
             &["reason"],
         );
+        let connections = gauge_vec(
+            &r,
+            "herald_connections",
+            "Open client connections (WebSocket, or Socket.IO polling sessions), by protocol.",
+            &["protocol"],
+        );
+        let delivered = counter_vec(
+            &r,
+            "herald_messages_delivered_total",
+            "Publication frames queued to local subscribers, by the subscribers' protocol.",
+            &["protocol"],
+        );
         let redis_commands = counter_vec(
             &r,
             "herald_redis_commands_total",
@@ -211,7 +260,7 @@ impl Metrics {
             seconds(),
         );
         Self {
-            connections: gauge(&r, "herald_connections", "Open WebSocket connections."),
+            connections: PerProtocol::new(|p| connections.with_label_values(&[p.label()])),
             subscriptions: gauge(
                 &r,
                 "herald_subscriptions",
@@ -219,11 +268,7 @@ impl Metrics {
             ),
             channels: gauge(&r, "herald_channels", "Channels with local subscribers."),
             published: published.clone(),
-            delivered: counter(
-                &r,
-                "herald_messages_delivered_total",
-                "Publication frames queued to local subscribers.",
-            ),
+            delivered: PerProtocol::new(|p| delivered.with_label_values(&[p.label()])),
             dropped: dropped.clone(),
             disconnects: counter_vec(
                 &r,

@@ -238,7 +238,7 @@ impl Server {
         }
         st.shutdown.cancelled().await;
         let drain = st.sessions.drain;
-        tracing::info!(sessions = metrics().connections.get(), ?drain, "draining");
+        tracing::info!(sessions = metrics().connections.total(), ?drain, "draining");
         st.tracker.close();
         let limit = drain + self.close_timeout + Duration::from_secs(1);
         if tokio::time::timeout(limit, st.tracker.wait())
@@ -506,7 +506,7 @@ fn refuse_new(st: &AppState, headers: &axum::http::HeaderMap, count: bool) -> Op
         return Some(r);
     }
     let max = st.limits.max_connections;
-    if count && max > 0 && metrics().connections.get() >= max as i64 {
+    if count && max > 0 && metrics().connections.total() >= max as i64 {
         return refuse(
             RefuseReason::MaxConnections,
             StatusCode::SERVICE_UNAVAILABLE,

@@ -137,11 +137,16 @@ impl Session {
     /// Opens a session speaking `wire`: its queue, its link, its counters.
     pub(crate) fn open(ctx: Arc<SessionCtx>, wire: Wire) -> Opened {
         let m = metrics();
-        m.connections.inc();
+        m.connections.get(wire.protocol()).inc();
         m.accepted.inc();
         let id = fastrand::u64(..);
         let (tx, rx) = mpsc::channel(ctx.cfg.outbound_queue);
-        let link = Arc::new(SessionLink::new(id, tx, ctx.cfg.outbound_queue_bytes));
+        let link = Arc::new(SessionLink::new(
+            id,
+            tx,
+            ctx.cfg.outbound_queue_bytes,
+            wire.protocol(),
+        ));
         ctx.links.shard(id).insert(id, Arc::clone(&link));
         let shared = Arc::new(Shared::default());
         let session = Session {
@@ -180,7 +185,7 @@ impl Session {
         };
         let m = metrics();
         m.closed(how);
-        m.connections.dec();
+        m.connections.get(self.wire.protocol()).dec();
         tracing::debug!(session = %self.session, ending = ?link.ending(), "session ended");
     }
 

@@ -4,7 +4,7 @@ import { mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { Manager, io, type Socket } from "socket.io-client";
 import { afterEach, describe, expect, it } from "vitest";
-import { eventually, jwt, publish, startNode, startRedis, stopAll, type Node } from "../harness.js";
+import { eventually, jwt, metric, publish, startNode, startRedis, stopAll, type Node } from "../harness.js";
 
 const sockets: Socket[] = [];
 
@@ -43,12 +43,6 @@ function refused(s: Socket): Promise<Error & { data?: { code?: string } }> {
   });
 }
 
-async function metric(node: Node, name: string): Promise<number> {
-  const text = await (await fetch(`${node.http}/metrics`)).text();
-  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
-  return Number(line?.split(" ")[1] ?? NaN);
-}
-
 describe("socket.io-client over WebSocket", () => {
   it("a namespace receives a publication from the HTTP API as the named event, with its offset", async () => {
     const node = await startNode();
@@ -76,10 +70,14 @@ describe("socket.io-client over WebSocket", () => {
     b.connect();
     await Promise.all([connected(a), connected(b)]);
     expect(await metric(node, "herald_connections")).toBe(1);
+    expect(await metric(node, 'herald_connections{protocol="socketio"}')).toBe(1);
+    expect(await metric(node, 'herald_connections{protocol="herald"}')).toBe(0);
     await publish(node, "a", "ev", "for a");
     await publish(node, "b", "ev", "for b");
     await eventually("both events", () => gotA.length === 1 && gotB.length === 1);
     expect([gotA, gotB]).toEqual([["for a"], ["for b"]]);
+    expect(await metric(node, 'herald_messages_delivered_total{protocol="socketio"}')).toBe(2);
+    expect(await metric(node, 'herald_messages_delivered_total{protocol="herald"}')).toBe(0);
     // Leaving one namespace keeps the other.
     a.disconnect();
     await publish(node, "a", "ev", "late");
