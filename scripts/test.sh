@@ -24,6 +24,7 @@ echo "==> cargo test"
 cargo test --workspace --locked "$@"
 echo "==> JS client: types, committed bundle, unit, Node and Chromium tests (clients/js)"
 cargo build --bin herald --locked
+npm ci --prefix examples/socketio-chat --no-audit --no-fund --loglevel=error
 (cd clients/js && npm ci --no-audit --no-fund --loglevel=error && npm run check)
 echo "==> alert rules and dashboard queries (promtool)"
 scripts/check-alerts.sh
