@@ -212,8 +212,18 @@ impl Server {
             .route("/", get(|| async { Html(DEMO_PAGE) }))
             .route("/herald.js", get(client_bundle))
             .route("/ws", get(ws_upgrade))
-            .route("/socket.io", get(socketio_get).post(socketio_post))
-            .route("/socket.io/", get(socketio_get).post(socketio_post))
+            .route(
+                "/socket.io",
+                get(socketio_get)
+                    .post(socketio_post)
+                    .options(socketio_preflight),
+            )
+            .route(
+                "/socket.io/",
+                get(socketio_get)
+                    .post(socketio_post)
+                    .options(socketio_preflight),
+            )
             .with_state(st.clone());
         let (public_app, admin_app) = match self.admin {
             Some(l) => (
@@ -445,6 +455,49 @@ async fn socketio_post(
     let read = async move { axum::body::to_bytes(body, limit).await.ok() };
     let answer = st.polls.post(&sid, read).await;
     polling_answer(answer, &headers)
+}
+
+/// `OPTIONS /socket.io/`: the CORS preflight a browser sends before a
+/// polling request from another origin that carries headers of its own
+/// (socket.io-client's `extraHeaders`). Allowed origins (all, when
+/// `allowed_origins` is empty) may `GET` and `POST` with the headers they ask
+/// for; the answer is cached for 10 minutes.
+async fn socketio_preflight(
+    State(st): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if let Some(r) = foreign_origin(&st, &headers) {
+        return r;
+    }
+    let mut resp = StatusCode::NO_CONTENT.into_response();
+    let h = resp.headers_mut();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        header::HeaderValue::from_static("GET, POST"),
+    );
+    // The headers asked for, as asked (bounded like any header value).
+    if let Some(asked) = headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .filter(|v| v.len() <= 1024)
+    {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        header::HeaderValue::from_static("600"),
+    );
+    h.insert(
+        header::VARY,
+        header::HeaderValue::from_static("origin, access-control-request-headers"),
+    );
+    resp
 }
 
 /// A polling answer as HTTP; a request with an `Origin` (allowed, or it

@@ -100,4 +100,24 @@ describe("socket.io-client's browser build", () => {
     expect(errors.filter((e) => !e.includes(`WebSocket connection to '${lb.http.replace("http", "ws")}/socket.io/`))).toEqual([]);
     await page.close();
   });
+
+  it("a page on another origin polls with headers of its own: the CORS preflight passes and events arrive", async () => {
+    const node = await startNode();
+    const page = await browser().newPage();
+    const errors: string[] = [];
+    page.on("pageerror", (e) => errors.push(e.message));
+    // extraHeaders make every polling request non-simple: the browser asks OPTIONS first.
+    const url = await serveSite(`<!doctype html><script src="/socket.io.min.js"></script><script>
+      window.got = [];
+      const socket = io(${JSON.stringify(`${node.http}/cors`)}, { transports: ["polling"], extraHeaders: { "x-app-version": "7" } });
+      socket.on("hello", (d) => got.push(d));
+    </script>`);
+    await page.goto(url);
+    await page.waitForFunction("socket.connected");
+    await publish(node, "cors", "hello", { n: 1 });
+    await page.waitForFunction("got.length === 1");
+    expect(await page.evaluate("got")).toEqual([{ n: 1 }]);
+    expect(errors).toEqual([]);
+    await page.close();
+  });
 });
