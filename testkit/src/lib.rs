@@ -13,11 +13,13 @@ mod client;
 mod http;
 mod node;
 mod redis;
+mod tls;
 
 pub use client::{Client, Event};
 pub use http::{http, http_get, http_post, http_post_key, http_post_raw};
 pub use node::{Gateway, Herald};
 pub use redis::Redis;
+pub use tls::TlsFiles;
 
 use std::time::{Duration, Instant};
 

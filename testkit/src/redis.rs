@@ -18,6 +18,8 @@ const ATTEMPTS: usize = 8;
 pub struct Redis {
     pub port: u16,
     child: Option<Child>,
+    /// The TLS flags of a TLS-only server (`rediss://`); empty for plain TCP.
+    tls: Vec<String>,
 }
 
 impl Redis {
@@ -30,6 +32,7 @@ impl Redis {
                     return Self {
                         port,
                         child: Some(child),
+                        tls: Vec::new(),
                     };
                 }
                 Err(e) => failures.push(format!("port {port}: {e}")),
@@ -38,8 +41,46 @@ impl Redis {
         panic!("redis-server did not start:\n{}", failures.join("\n"));
     }
 
+    /// A TLS-only `redis-server` (`--port 0`) presenting `files`' server
+    /// certificate; with `auth_clients` it requires a client certificate
+    /// signed by the same CA.
+    pub fn start_tls(files: &crate::TlsFiles, auth_clients: bool) -> Self {
+        let p = |p: &std::path::Path| p.display().to_string();
+        let tls = vec![
+            "--tls-cert-file".to_owned(),
+            p(&files.server_cert),
+            "--tls-key-file".to_owned(),
+            p(&files.server_key),
+            "--tls-ca-cert-file".to_owned(),
+            p(&files.ca),
+            "--tls-auth-clients".to_owned(),
+            if auth_clients { "yes" } else { "no" }.to_owned(),
+        ];
+        let mut failures = Vec::new();
+        for _ in 0..ATTEMPTS {
+            let port = candidate_port();
+            match spawn_tls_on(port, &tls) {
+                Ok(child) => {
+                    return Self {
+                        port,
+                        child: Some(child),
+                        tls,
+                    };
+                }
+                Err(e) => failures.push(format!("port {port}: {e}")),
+            }
+        }
+        panic!("TLS redis-server did not start:\n{}", failures.join("\n"));
+    }
+
+    /// `redis://127.0.0.1:PORT`, or `rediss://` for a TLS-only server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_empty() {
+            "redis"
+        } else {
+            "rediss"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Starts again on the same port (nodes know it by its URL), with an
@@ -48,7 +89,12 @@ impl Redis {
         self.kill();
         let mut failures = Vec::new();
         for _ in 0..ATTEMPTS {
-            match spawn_on(self.port) {
+            let spawned = if self.tls.is_empty() {
+                spawn_on(self.port)
+            } else {
+                spawn_tls_on(self.port, &self.tls)
+            };
+            match spawned {
                 Ok(child) => {
                     self.child = Some(child);
                     return;
@@ -63,7 +109,8 @@ impl Redis {
         );
     }
 
-    /// Runs one command (no argument may contain spaces); returns the first reply line.
+    /// Runs one command (no argument may contain spaces) over plain TCP
+    /// (not on a TLS-only server); returns the first reply line.
     pub fn cmd(&self, args: &[&str]) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("redis");
         s.write_all(&resp_command(args)).expect("write");
@@ -167,6 +214,45 @@ fn spawn_on(port: u16) -> Result<Child, String> {
             return Err("no answer within the timeout".to_owned());
         }
         std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts a TLS-only `redis-server` on `port` and waits for its "Ready"
+/// log line; fails when it exits first (port taken).
+fn spawn_tls_on(port: u16, tls: &[String]) -> Result<Child, String> {
+    let mut child = Command::new("redis-server")
+        .args(["--port", "0", "--tls-port", &port.to_string()])
+        .args(tls)
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server not found: install it (scripts/test.sh does) to run these tests");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut log = Vec::new();
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if line.contains("Ready to accept connections") {
+                let _ = tx.send(Ok(()));
+                // Keep draining: the server must never block on a full pipe.
+                continue;
+            }
+            log.push(line);
+        }
+        let why = log.iter().rev().find(|l| l.contains('#')).cloned();
+        let _ = tx.send(Err(why.unwrap_or_default()));
+    });
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(Ok(())) => Ok(child),
+        outcome => {
+            let _ = child.kill();
+            let status = child.wait().expect("wait");
+            Err(match outcome {
+                Ok(Err(why)) => format!("exited ({status}): {why}"),
+                _ => "not ready within the timeout".to_owned(),
+            })
+        }
     }
 }
 

@@ -38,6 +38,10 @@ pub(crate) enum BrokerError {
     /// The broker answered something this node does not understand.
     #[error("broker error: {0}")]
     Internal(String),
+    /// A `rediss://` Redis whose certificate does not verify (or that refuses
+    /// this node's): retrying cannot help, so the node does not start.
+    #[error("Redis TLS: {0}")]
+    Tls(String),
 }
 
 /// Where a channel stands: its epoch (changes when its state is lost) and

@@ -138,13 +138,19 @@ impl RedisBroker {
 
     /// Creates the broker and starts its pub/sub task; does not wait for Redis,
     /// so a node can start (not ready) while Redis is still coming up.
-    pub(crate) fn start(
+    ///
+    /// A `rediss://` Redis gets one connection attempt first: a certificate
+    /// that does not verify is fatal ([`BrokerError::Tls`]), while an
+    /// unreachable Redis is only warned about.
+    pub(crate) async fn start(
         cfg: &RedisConfig,
         sink: Arc<dyn Sink>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| BrokerError::Internal(format!("invalid Redis URL: {e}")))?;
+        let client = client(cfg)?;
+        if cfg.url.starts_with("rediss://") {
+            probe_tls(&client, cfg).await?;
+        }
         let mgr_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout))
             .set_response_timeout(Some(cfg.timeout))
@@ -406,6 +412,100 @@ impl RedisBroker {
 }
 
 /// Hides a password in a Redis URL for logs.
+/// The Redis client, with the configured CA and client certificate for a
+/// `rediss://` URL (the system roots when no CA file is given).
+fn client(cfg: &RedisConfig) -> Result<redis::Client, BrokerError> {
+    let bad_url = |e: redis::RedisError| BrokerError::Internal(format!("invalid Redis URL: {e}"));
+    if !cfg.has_tls_files() {
+        return redis::Client::open(cfg.url.as_str()).map_err(bad_url);
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| BrokerError::Tls(format!("cannot read {}: {e}", path.display())))
+    };
+    let root_cert = cfg.tls_ca_file.as_deref().map(read).transpose()?;
+    let client_tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    redis::Client::build_with_tls(
+        cfg.url.as_str(),
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(|e| BrokerError::Tls(e.to_string()))
+}
+
+/// The TLS failure inside a Redis connection error, if that is what it is.
+fn tls_failure(e: &redis::RedisError) -> Option<&rustls::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let io = err.downcast_ref::<std::io::Error>().or_else(|| {
+            err.downcast_ref::<Arc<dyn std::error::Error + Send + Sync>>()
+                .and_then(|a| a.downcast_ref::<std::io::Error>())
+        });
+        if let Some(tls) = io
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+/// One connection to a `rediss://` Redis under the command timeout: a TLS
+/// failure is fatal, anything else (refused, timed out) only warned about,
+/// since the node keeps retrying and reports not ready meanwhile.
+async fn probe_tls(client: &redis::Client, cfg: &RedisConfig) -> Result<(), BrokerError> {
+    let url = redact(&cfg.url);
+    let attempt = tokio::time::timeout(cfg.timeout, async {
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await
+    })
+    .await;
+    let e = match attempt {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(e)) => e,
+        Err(_) => {
+            tracing::warn!(url = %url, "Redis TLS: no answer in time at start-up; retrying in the background");
+            return Ok(());
+        }
+    };
+    let Some(tls) = tls_failure(&e) else {
+        tracing::warn!(url = %url, error = %e, "cannot reach Redis at start-up; retrying in the background");
+        return Ok(());
+    };
+    metrics().broker_error(BrokerOp::Connect);
+    let trust = match &cfg.tls_ca_file {
+        Some(ca) => format!("CA file {}", ca.display()),
+        None => "the system roots".to_owned(),
+    };
+    let msg = match tls {
+        rustls::Error::InvalidCertificate(_) => {
+            format!("the server's certificate does not verify against {trust}: {tls}")
+        }
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => format!(
+            "{url} requires a client certificate (broker.tls_cert_file and tls_key_file): {tls}"
+        ),
+        rustls::Error::AlertReceived(
+            rustls::AlertDescription::BadCertificate | rustls::AlertDescription::UnknownCA,
+        ) => format!("{url} rejected this node's client certificate: {tls}"),
+        _ => format!("handshake with {url} failed: {tls}"),
+    };
+    tracing::error!(url = %url, error = %tls, "Redis TLS handshake failed");
+    Err(BrokerError::Tls(msg))
+}
+
 fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),

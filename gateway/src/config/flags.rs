@@ -61,6 +61,22 @@ impl Given for bool {
     }
 }
 
+/// The Redis section, switching a memory-broker config to Redis (default
+/// URL) first; the history settings carry over to the new backend.
+fn redis_mut(c: &mut Config) -> &mut RedisConfig {
+    if let BrokerConfig::Memory(m) = &c.broker {
+        c.broker = BrokerConfig::Redis(RedisConfig {
+            history_size: m.history_size,
+            history_ttl: m.history_ttl,
+            ..RedisConfig::default()
+        });
+    }
+    match &mut c.broker {
+        BrokerConfig::Redis(r) => r,
+        BrokerConfig::Memory(_) => unreachable!("switched to Redis above"),
+    }
+}
+
 macro_rules! settings {
     ($(
         $(#[doc = $doc:literal])+
@@ -105,19 +121,19 @@ settings! {
     /// Redis URL: makes this node a cluster node.
     #[arg(long, env = "HERALD_REDIS_URL", value_name = "URL")]
     redis_url: Option<String> => "broker.url" "with `broker.type = \"redis\"`" "unset (memory broker)",
-        |c, v| match &mut c.broker {
-            BrokerConfig::Redis(r) => r.url = v,
-            BrokerConfig::Memory(m) => {
-                // The history settings carry over to the new backend.
-                let (history_size, history_ttl) = (m.history_size, m.history_ttl);
-                c.broker = BrokerConfig::Redis(RedisConfig {
-                    url: v,
-                    history_size,
-                    history_ttl,
-                    ..RedisConfig::default()
-                });
-            }
-        };
+        |c, v| redis_mut(c).url = v;
+    /// PEM CA certificate(s) that verify a `rediss://` Redis, replacing the system roots.
+    #[arg(long, env = "HERALD_REDIS_TLS_CA_FILE", value_name = "FILE")]
+    redis_tls_ca_file: Option<PathBuf> => "broker.tls_ca_file" "" "unset (system roots)",
+        |c, v| redis_mut(c).tls_ca_file = Some(v);
+    /// PEM client certificate for mutual TLS to Redis (with `--redis-tls-key-file`).
+    #[arg(long, env = "HERALD_REDIS_TLS_CERT_FILE", value_name = "FILE")]
+    redis_tls_cert_file: Option<PathBuf> => "broker.tls_cert_file" "" "unset (no client certificate)",
+        |c, v| redis_mut(c).tls_cert_file = Some(v);
+    /// PEM private key of the Redis client certificate.
+    #[arg(long, env = "HERALD_REDIS_TLS_KEY_FILE", value_name = "FILE")]
+    redis_tls_key_file: Option<PathBuf> => "broker.tls_key_file" "" "unset",
+        |c, v| redis_mut(c).tls_key_file = Some(v);
     /// Key the publish API accepts as `Authorization: Bearer KEY`; repeat (or
     /// comma-separate in the env) for several.
     #[arg(long, env = "HERALD_API_KEY", value_name = "KEY", value_delimiter = ',', hide_env_values = true)]

@@ -429,6 +429,19 @@ pub struct RedisConfig {
     /// Stream entries older than this are not replayed; the stream itself expires after it.
     #[serde(with = "duration_str")]
     pub history_ttl: Duration,
+    /// PEM CA certificate(s) that verify a `rediss://` server, instead of the system roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate chain for mutual TLS (with `tls_key_file`).
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of `tls_cert_file`; its contents are never printed.
+    pub tls_key_file: Option<PathBuf>,
+}
+
+impl RedisConfig {
+    /// Whether any TLS file is configured.
+    pub fn has_tls_files(&self) -> bool {
+        self.tls_ca_file.is_some() || self.tls_cert_file.is_some() || self.tls_key_file.is_some()
+    }
 }
 
 impl Default for RedisConfig {
@@ -439,6 +452,9 @@ impl Default for RedisConfig {
             timeout: Duration::from_secs(2),
             history_size: HistoryConfig::default().size,
             history_ttl: HistoryConfig::default().ttl,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -626,6 +642,24 @@ mod tests {
         let back = Config::from_toml(&shown, Path::new("shown.toml")).expect("reads back");
         assert_eq!(back.session.ping_interval, c.session.ping_interval);
         assert_eq!(back.broker.history(), c.broker.history());
+        // TLS and a password-only URL: the password goes, the file paths stay.
+        c.broker = BrokerConfig::Redis(RedisConfig {
+            url: "rediss://:hunter3@redis:6380/2".into(),
+            tls_ca_file: Some("/etc/herald/ca.pem".into()),
+            tls_key_file: Some("/etc/herald/client.key".into()),
+            ..RedisConfig::default()
+        });
+        let shown = c.to_redacted_toml();
+        assert!(!shown.contains("hunter3"), "{shown}");
+        assert!(
+            shown.contains("rediss://:<redacted>@redis:6380/2"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("tls_ca_file = \"/etc/herald/ca.pem\""),
+            "{shown}"
+        );
+        assert!(shown.contains("/etc/herald/client.key"), "{shown}");
     }
 
     #[test]

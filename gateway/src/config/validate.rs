@@ -250,20 +250,44 @@ impl Config {
     fn check_broker(&self, p: &mut Problems) {
         let state_ttl = self.broker.state_ttl();
         if let BrokerConfig::Redis(r) = &self.broker {
-            if r.url.starts_with("rediss://") {
-                p.add(
-                    "broker",
-                    "broker.url: TLS (rediss://) is not supported by this build; \
-                     reach Redis over a private network or a TLS sidecar",
-                );
-            } else if !(r.url.starts_with("redis://")
+            let tls = r.url.starts_with("rediss://");
+            if !(tls
+                || r.url.starts_with("redis://")
                 || r.url.starts_with("redis+unix://")
                 || r.url.starts_with("unix://"))
             {
                 p.add(
                     "broker",
-                    format!("broker.url must start with redis:// (got {:?})", r.url),
+                    format!(
+                        "broker.url must start with redis:// or rediss:// (got {:?})",
+                        super::redact_url_password(&r.url)
+                    ),
                 );
+            }
+            if r.has_tls_files() && !tls {
+                p.add(
+                    "broker",
+                    "broker.tls_ca_file, tls_cert_file and tls_key_file need a rediss:// URL",
+                );
+            }
+            p.check(
+                r.tls_cert_file.is_some() == r.tls_key_file.is_some(),
+                "broker",
+                || {
+                    "broker.tls_cert_file and broker.tls_key_file go together: set both or neither"
+                        .to_owned()
+                },
+            );
+            for (key, file, what) in [
+                ("tls_ca_file", &r.tls_ca_file, PemKind::Certificates),
+                ("tls_cert_file", &r.tls_cert_file, PemKind::Certificates),
+                ("tls_key_file", &r.tls_key_file, PemKind::PrivateKey),
+            ] {
+                if let Some(path) = file {
+                    if let Err(e) = what.check(path) {
+                        p.add("broker", format!("broker.{key} {}: {e}", path.display()));
+                    }
+                }
             }
             p.check(!r.timeout.is_zero(), "broker", || {
                 "broker.timeout must be greater than zero".to_owned()
@@ -343,6 +367,37 @@ impl Config {
     }
 }
 
+/// What a PEM file given for Redis TLS must hold.
+#[derive(Clone, Copy)]
+enum PemKind {
+    Certificates,
+    PrivateKey,
+}
+
+impl PemKind {
+    /// Reads and parses the file; the error never quotes its contents.
+    fn check(self, path: &std::path::Path) -> Result<(), String> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bytes = std::fs::read(path).map_err(|e| format!("cannot be read: {e}"))?;
+        match self {
+            Self::Certificates => {
+                let certs = CertificateDer::pem_slice_iter(&bytes)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("is not PEM certificates: {e}"))?;
+                if certs.is_empty() {
+                    return Err("holds no PEM certificate".to_owned());
+                }
+            }
+            Self::PrivateKey => {
+                PrivateKeyDer::from_pem_slice(&bytes)
+                    .map_err(|e| format!("holds no PEM private key: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,6 +425,34 @@ mod tests {
             text.contains("session.ping_interval must be greater than zero"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn redis_tls_files_are_checked() {
+        use crate::config::RedisConfig;
+        let dir = std::env::temp_dir().join(format!("herald-tls-check-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not a certificate").expect("write");
+        let c = Config {
+            broker: BrokerConfig::Redis(RedisConfig {
+                url: "redis://127.0.0.1:6379".into(),
+                tls_ca_file: Some(junk.clone()),
+                tls_cert_file: Some(dir.join("missing.pem")),
+                ..RedisConfig::default()
+            }),
+            ..Config::default()
+        };
+        let text = c.validate().expect_err("invalid").to_string();
+        for want in [
+            "need a rediss:// URL",
+            "set both or neither",
+            "junk.pem: holds no PEM certificate",
+            "missing.pem: cannot be read",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

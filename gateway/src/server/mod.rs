@@ -116,6 +116,7 @@ impl Server {
         let broker: Arc<dyn Broker> = match &cfg.broker {
             BrokerConfig::Memory(m) => MemoryBroker::start(m, hub.clone(), broker_stop.clone()),
             BrokerConfig::Redis(r) => RedisBroker::start(r, hub.clone(), broker_stop.clone())
+                .await
                 .map_err(|e: BrokerError| ServerError::Broker(e.to_string()))?,
         };
         let rules = Arc::new(Rules::from_config(cfg));
