@@ -18,7 +18,7 @@ mod tls;
 pub use client::{Client, Event};
 pub use http::{http, http_get, http_post, http_post_key, http_post_raw};
 pub use node::{Gateway, Herald};
-pub use redis::Redis;
+pub use redis::{Redis, Sentinels};
 pub use tls::TlsFiles;
 
 use std::time::{Duration, Instant};

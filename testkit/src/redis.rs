@@ -24,10 +24,15 @@ pub struct Redis {
 
 impl Redis {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Redis::start`], with more `redis-server` arguments.
+    pub fn start_with(extra: &[&str]) -> Self {
         let mut failures = Vec::new();
         for _ in 0..ATTEMPTS {
             let port = candidate_port();
-            match spawn_on(port) {
+            match spawn_on(port, extra) {
                 Ok(child) => {
                     return Self {
                         port,
@@ -90,7 +95,7 @@ impl Redis {
         let mut failures = Vec::new();
         for _ in 0..ATTEMPTS {
             let spawned = if self.tls.is_empty() {
-                spawn_on(self.port)
+                spawn_on(self.port, &[])
             } else {
                 spawn_tls_on(self.port, &self.tls)
             };
@@ -173,14 +178,21 @@ fn ephemeral_range() -> (u16, u16) {
 
 /// Starts `redis-server` on `port` and waits until it answers; fails when it
 /// exits (port taken) or when another process answers there.
-fn spawn_on(port: u16) -> Result<Child, String> {
-    let mut child = Command::new("redis-server")
+fn spawn_on(port: u16, extra: &[&str]) -> Result<Child, String> {
+    let child = Command::new("redis-server")
         .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .expect("redis-server not found: install it (scripts/test.sh does) to run these tests");
+    serving_on(child, port)
+}
+
+/// Waits until `child` answers on `port`; fails when it exits first (port
+/// taken) or when another process answers there.
+fn serving_on(mut child: Child, port: u16) -> Result<Child, String> {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
@@ -215,6 +227,145 @@ fn spawn_on(port: u16) -> Result<Child, String> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A master, one replica and three sentinels monitoring the master as `m`
+/// (quorum 2, down after 1 s, failover timeout 3 s); every process is
+/// killed (SIGKILL) when dropped, and the sentinels' config files removed.
+pub struct Sentinels {
+    pub master: Redis,
+    pub replica: Redis,
+    sentinels: Vec<(u16, Child)>,
+    dir: std::path::PathBuf,
+}
+
+impl Sentinels {
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "herald-sentinel-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&dir).expect("sentinel dir");
+        let d = dir.display().to_string();
+        // No wait before the full sync (diskless sync waits 5 s by default);
+        // the replica's copy of the dataset goes to `dir`.
+        let master = Redis::start_with(&["--repl-diskless-sync-delay", "0", "--dir", &d]);
+        let of = master.port.to_string();
+        let replica = Redis::start_with(&["--replicaof", "127.0.0.1", &of, "--dir", &d]);
+        let mut sentinels = Vec::new();
+        for i in 0..3 {
+            let mut failures = Vec::new();
+            let started = (0..ATTEMPTS).find_map(|_| {
+                let port = candidate_port();
+                let conf = dir.join(format!("sentinel-{i}.conf"));
+                let text = format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor m 127.0.0.1 {of} 2\n\
+                     sentinel down-after-milliseconds m 1000\n\
+                     sentinel failover-timeout m 3000\n",
+                    dir = dir.display()
+                );
+                std::fs::write(&conf, text).expect("sentinel config");
+                match spawn_sentinel(port, &conf) {
+                    Ok(child) => Some((port, child)),
+                    Err(e) => {
+                        failures.push(format!("port {port}: {e}"));
+                        None
+                    }
+                }
+            });
+            let Some(s) = started else {
+                panic!("redis sentinel did not start:\n{}", failures.join("\n"));
+            };
+            sentinels.push(s);
+        }
+        Self {
+            master,
+            replica,
+            sentinels,
+            dir,
+        }
+    }
+
+    /// `redis+sentinel://127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3/m`.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinels
+            .iter()
+            .map(|(p, _)| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+sentinel://{}/m", hosts.join(","))
+    }
+
+    /// Whether every sentinel sees the replica and a quorum of sentinels
+    /// able to authorise a failover (they find each other within seconds).
+    pub fn ready_for_failover(&self) -> bool {
+        let synced = info(self.replica.port, "replication")
+            .is_some_and(|i| i.lines().any(|l| l == "master_link_status:up"));
+        synced
+            && self.sentinels.iter().all(|(port, _)| {
+                sentinel_cmd(*port, &["SENTINEL", "CKQUORUM", "m"]).starts_with("+OK 3 ")
+                    && sentinel_cmd(*port, &["SENTINEL", "REPLICAS", "m"]) == "*1"
+            })
+    }
+
+    /// `SENTINEL FAILOVER m`: promotes the replica with the master alive
+    /// (the master becomes its replica).
+    pub fn failover(&self) {
+        let (port, _) = self.sentinels[0];
+        let reply = sentinel_cmd(port, &["SENTINEL", "FAILOVER", "m"]);
+        assert_eq!(reply, "+OK", "SENTINEL FAILOVER");
+    }
+
+    /// The master's port as the first sentinel names it.
+    pub fn master_port(&self) -> Option<u16> {
+        let (port, _) = self.sentinels[0];
+        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.write_all(&resp_command(&["SENTINEL", "get-master-addr-by-name", "m"]))
+            .ok()?;
+        // *2, $9, 127.0.0.1, $N, port
+        let mut lines = BufReader::new(s).lines().map_while(Result::ok);
+        lines.nth(4)?.parse().ok()
+    }
+}
+
+impl Drop for Sentinels {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.sentinels {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One command to the sentinel on `port`; the first reply line, or "" when
+/// it does not answer.
+fn sentinel_cmd(port: u16, args: &[&str]) -> String {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+    if s.write_all(&resp_command(args)).is_err() {
+        return String::new();
+    }
+    let mut line = String::new();
+    let _ = BufReader::new(s).read_line(&mut line);
+    line.trim_end().to_owned()
+}
+
+/// Starts `redis-server <conf> --sentinel` and waits until it answers on `port`.
+fn spawn_sentinel(port: u16, conf: &std::path::Path) -> Result<Child, String> {
+    let child = Command::new("redis-server")
+        .arg(conf)
+        .arg("--sentinel")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server not found: install it (scripts/test.sh does) to run these tests");
+    serving_on(child, port)
 }
 
 /// Starts a TLS-only `redis-server` on `port` and waits for its "Ready"
@@ -258,19 +409,24 @@ fn spawn_tls_on(port: u16, tls: &[String]) -> Result<Child, String> {
 
 /// The `process_id` of the Redis answering on `port`, if one does.
 fn server_pid(port: u16) -> Option<u32> {
+    info(port, "server")?
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|p| p.trim().parse().ok())
+}
+
+/// `INFO <section>` of the Redis answering on `port`, if one does.
+fn info(port: u16, section: &str) -> Option<String> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    s.write_all(&resp_command(&["INFO", "server"])).ok()?;
+    s.write_all(&resp_command(&["INFO", section])).ok()?;
     let mut r = BufReader::new(s);
     let mut head = String::new();
     r.read_line(&mut head).ok()?;
     let len: usize = head.trim_end().strip_prefix('$')?.parse().ok()?;
     let mut body = vec![0u8; len];
     r.read_exact(&mut body).ok()?;
-    String::from_utf8_lossy(&body)
-        .lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .and_then(|p| p.trim().parse().ok())
+    Some(String::from_utf8_lossy(&body).replace("\r\n", "\n"))
 }
 
 #[cfg(test)]
@@ -289,7 +445,10 @@ mod tests {
     #[test]
     fn a_taken_port_is_refused_and_the_next_one_used() {
         let first = Redis::start();
-        assert!(spawn_on(first.port).is_err(), "port of a running redis");
+        assert!(
+            spawn_on(first.port, &[]).is_err(),
+            "port of a running redis"
+        );
         let second = Redis::start();
         assert_ne!(first.port, second.port);
         assert_eq!(second.cmd(&["PING"]), "+PONG");

@@ -18,6 +18,7 @@
 
 pub(crate) mod memory;
 pub(crate) mod redis;
+pub(crate) mod sentinel;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;

@@ -16,7 +16,14 @@
 //! One task owns the pub/sub connection: on loss it marks the broker down,
 //! reconnects with backoff, resubscribes every wanted channel and reports each
 //! channel's position to the sink, which tells affected clients (4004).
+//!
+//! With a `redis+sentinel://` URL ([`super::sentinel`]) every pub/sub
+//! (re)connect first asks the sentinels for the master and, when it moved,
+//! rebuilds the command connection there; while connected the task keeps
+//! asking, and a new master ends the pub/sub connection, so the reconnect
+//! above (resubscribe, lost-writes check) runs after every failover.
 
+use super::sentinel::SentinelUrl;
 use super::{BoxFuture, Broker, BrokerError, History, HistoryConfig, Position, Sink, new_epoch};
 use crate::config::RedisConfig;
 use crate::metrics::{BrokerOp, RedisCommand, RedisResult, ResetReason, metrics};
@@ -92,9 +99,17 @@ fn parse_payload(payload: &[u8]) -> Option<Payload<'_>> {
     })
 }
 
-pub(crate) struct RedisBroker {
+/// Where commands and pub/sub go: the URL's Redis, or Sentinel's master.
+struct Target {
     client: redis::Client,
     conn: ConnectionManager,
+    /// The master's `host:port` under Sentinel.
+    master: Option<String>,
+}
+
+pub(crate) struct RedisBroker {
+    target: Mutex<Target>,
+    sentinel: Option<SentinelUrl>,
     cfg: RedisConfig,
     sink: Arc<dyn Sink>,
     /// Channels this node wants delivered; replayed on every pub/sub reconnect.
@@ -147,20 +162,28 @@ impl RedisBroker {
         sink: Arc<dyn Sink>,
         shutdown: CancellationToken,
     ) -> Result<Arc<Self>, BrokerError> {
-        let client = client(cfg)?;
+        let sentinel = SentinelUrl::parse(&cfg.url)
+            .transpose()
+            .map_err(|e| BrokerError::Internal(format!("invalid Redis URL: {e}")))?;
+        // Under Sentinel the pub/sub task's first connect asks for the
+        // master; until then (not ready) commands go nowhere: nothing listens
+        // on port 0, and no credentials are sent anywhere.
+        let url = match &sentinel {
+            Some(_) => "redis://127.0.0.1:0".to_owned(),
+            None => cfg.url.clone(),
+        };
+        let client = client(cfg, &url)?;
         if cfg.url.starts_with("rediss://") {
             probe_tls(&client, cfg).await?;
         }
-        let mgr_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(Some(cfg.timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg)
-            .map_err(|e| BrokerError::Internal(e.to_string()))?;
+        let conn = manager(&client, cfg)?;
         let broker = Arc::new(Self {
-            client,
-            conn,
+            target: Mutex::new(Target {
+                client,
+                conn,
+                master: None,
+            }),
+            sentinel,
             cfg: cfg.clone(),
             sink,
             wanted: Mutex::new(HashSet::new()),
@@ -176,12 +199,91 @@ impl RedisBroker {
         Ok(broker)
     }
 
+    fn conn(&self) -> ConnectionManager {
+        self.target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .conn
+            .clone()
+    }
+
+    /// Under Sentinel: asks for the master and, when it is not the one
+    /// connected to, moves the command connection there. Returns the client
+    /// of the current target.
+    async fn follow_master(&self) -> Result<redis::Client, BrokerError> {
+        let Some(sentinel) = &self.sentinel else {
+            return Ok(self
+                .target
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .client
+                .clone());
+        };
+        let addr = sentinel
+            .master_addr(self.cfg.timeout)
+            .await
+            .map_err(unavailable)?;
+        let mut target = self.target.lock().unwrap_or_else(|e| e.into_inner());
+        if target.master.as_deref() == Some(addr.as_str()) {
+            return Ok(target.client.clone());
+        }
+        let client = client(&self.cfg, &sentinel.master_url(&addr))?;
+        let conn = manager(&client, &self.cfg)?;
+        match &target.master {
+            Some(old) => {
+                metrics().redis_master_changes.inc();
+                tracing::warn!(old = %old, new = %addr, master = %sentinel.master, "Redis Sentinel names a new master; moving to it");
+            }
+            None => {
+                tracing::info!(master = %sentinel.master, addr = %addr, "Redis Sentinel names the master")
+            }
+        }
+        *target = Target {
+            client: client.clone(),
+            conn,
+            master: Some(addr),
+        };
+        Ok(client)
+    }
+
+    /// Under Sentinel, whether the sentinels now name another master than the
+    /// connected one (an unreachable sentinel set is not a move).
+    async fn master_moved(&self) -> bool {
+        let Some(sentinel) = &self.sentinel else {
+            return false;
+        };
+        let Ok(addr) = sentinel.master_addr(self.cfg.timeout).await else {
+            return false;
+        };
+        let target = self.target.lock().unwrap_or_else(|e| e.into_inner());
+        target.master.as_deref() != Some(addr.as_str())
+    }
+
+    /// Asks the sentinels every [`SENTINEL_POLL`] until `connection` ends,
+    /// and ends it when they name another master than the connected one.
+    async fn watch_master(self: Arc<Self>, connection: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = connection.cancelled() => return,
+                _ = tokio::time::sleep(SENTINEL_POLL) => {}
+            }
+            let moved = tokio::select! {
+                _ = connection.cancelled() => return,
+                m = self.master_moved() => m,
+            };
+            if moved {
+                connection.cancel();
+                return;
+            }
+        }
+    }
+
     fn ttl_secs(&self) -> u64 {
         self.cfg.state_ttl.as_secs().max(1)
     }
 
     async fn read_position(&self, channel: &str) -> Result<Position, BrokerError> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut inv = self.position.key(meta_key(channel));
         inv.key(history_key(channel))
             .arg(new_epoch())
@@ -250,6 +352,12 @@ impl RedisBroker {
             // quiet: that would start a new epoch under their feet.
             let mut refresh = tokio::time::interval(self.cfg.state_ttl / 3);
             refresh.tick().await;
+            // Ended by the watcher when Sentinel names another master, and
+            // by this task when the connection ends (which stops the watcher).
+            let connection = shutdown.child_token();
+            if self.sentinel.is_some() {
+                tokio::spawn(Arc::clone(&self).watch_master(connection.clone()));
+            }
             loop {
                 let msg = tokio::select! {
                     _ = shutdown.cancelled() => return,
@@ -257,6 +365,7 @@ impl RedisBroker {
                         self.refresh_ttls().await;
                         continue;
                     }
+                    _ = connection.cancelled() => None,
                     m = stream.next() => m,
                 };
                 let Some(msg) = msg else { break };
@@ -284,6 +393,10 @@ impl RedisBroker {
                     }
                 }
             }
+            connection.cancel();
+            if shutdown.is_cancelled() {
+                return;
+            }
             self.set_up(false);
             *self.pubsub.lock().unwrap_or_else(|e| e.into_inner()) = None;
             metrics().broker_error(BrokerOp::Pubsub);
@@ -294,13 +407,14 @@ impl RedisBroker {
     /// Opens the pub/sub connection and makes sure the command connection
     /// works too (its first command after an outage may hit a dead socket).
     async fn connect_pubsub(&self) -> Result<redis::aio::PubSub, BrokerError> {
-        let pubsub = tokio::time::timeout(self.cfg.timeout, self.client.get_async_pubsub())
+        let client = self.follow_master().await?;
+        let pubsub = tokio::time::timeout(self.cfg.timeout, client.get_async_pubsub())
             .await
             .map_err(|_| unavailable("timed out connecting"))?
             .map_err(unavailable)?;
         let mut last = None;
         for _ in 0..3 {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let cmd = redis::cmd("PING");
             let ping = cmd.query_async::<String>(&mut conn);
             match self.call(RedisCommand::Ping, "pinging", ping).await {
@@ -330,7 +444,7 @@ impl RedisBroker {
             for c in chunk {
                 pipe.expire(meta_key(c), self.ttl_secs() as i64).ignore();
             }
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let expire = pipe.query_async::<()>(&mut conn);
             if let Err(e) = self
                 .call(RedisCommand::Expire, "refreshing expiry", expire)
@@ -352,7 +466,7 @@ impl RedisBroker {
             "channel offset went backwards in Redis (lost writes, e.g. a failover); starting a new epoch"
         );
         metrics().state_reset(ResetReason::OffsetRegressed);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn();
         let mut inv = self.epoch_bump.key(meta_key(channel));
         inv.key(history_key(channel))
             .arg(&*known.epoch)
@@ -414,10 +528,11 @@ impl RedisBroker {
 /// Hides a password in a Redis URL for logs.
 /// The Redis client, with the configured CA and client certificate for a
 /// `rediss://` URL (the system roots when no CA file is given).
-fn client(cfg: &RedisConfig) -> Result<redis::Client, BrokerError> {
+/// `url` is the configured one, or the master's under Sentinel.
+fn client(cfg: &RedisConfig, url: &str) -> Result<redis::Client, BrokerError> {
     let bad_url = |e: redis::RedisError| BrokerError::Internal(format!("invalid Redis URL: {e}"));
     if !cfg.has_tls_files() {
-        return redis::Client::open(cfg.url.as_str()).map_err(bad_url);
+        return redis::Client::open(url).map_err(bad_url);
     }
     let read = |path: &std::path::Path| {
         std::fs::read(path)
@@ -432,7 +547,7 @@ fn client(cfg: &RedisConfig) -> Result<redis::Client, BrokerError> {
         _ => None,
     };
     redis::Client::build_with_tls(
-        cfg.url.as_str(),
+        url,
         redis::TlsCertificates {
             client_tls,
             root_cert,
@@ -440,6 +555,20 @@ fn client(cfg: &RedisConfig) -> Result<redis::Client, BrokerError> {
     )
     .map_err(|e| BrokerError::Tls(e.to_string()))
 }
+
+/// A lazy command connection that reconnects on its own.
+fn manager(client: &redis::Client, cfg: &RedisConfig) -> Result<ConnectionManager, BrokerError> {
+    let mgr_cfg = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(cfg.timeout))
+        .set_response_timeout(Some(cfg.timeout))
+        .set_number_of_retries(1)
+        .set_max_delay(Duration::from_millis(500));
+    ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg)
+        .map_err(|e| BrokerError::Internal(e.to_string()))
+}
+
+/// How often a connected node under Sentinel asks whether the master moved.
+const SENTINEL_POLL: Duration = Duration::from_secs(1);
 
 /// The TLS failure inside a Redis connection error, if that is what it is.
 fn tls_failure(e: &redis::RedisError) -> Option<&rustls::Error> {
@@ -523,7 +652,7 @@ impl Broker for RedisBroker {
     ) -> BoxFuture<'a, Result<Position, BrokerError>> {
         Box::pin(async move {
             let prefix = MessageFrame::prefix(channel, event, data);
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let mut inv = self.publish.key(meta_key(channel));
             inv.key(pubsub_channel(channel))
                 .key(history_key(channel))
@@ -603,7 +732,7 @@ impl Broker for RedisBroker {
         ttl: Duration,
     ) -> BoxFuture<'a, Result<History, BrokerError>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let mut inv = self.history.key(meta_key(channel));
             inv.key(history_key(channel))
                 .arg(after)
@@ -623,7 +752,7 @@ impl Broker for RedisBroker {
     fn shared_secret(&self) -> BoxFuture<'_, Result<Option<String>, BrokerError>> {
         Box::pin(async move {
             // First node to ask sets it; everyone reads the same value.
-            let mut conn = self.conn.clone();
+            let mut conn = self.conn();
             let candidate = crate::token::random_secret();
             let mut set = redis::cmd("SET");
             set.arg(SECRET_KEY).arg(&candidate).arg("NX");

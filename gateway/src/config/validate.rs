@@ -251,7 +251,12 @@ impl Config {
         let state_ttl = self.broker.state_ttl();
         if let BrokerConfig::Redis(r) = &self.broker {
             let tls = r.url.starts_with("rediss://");
+            let sentinel = crate::broker::sentinel::SentinelUrl::parse(&r.url);
+            if let Some(Err(e)) = &sentinel {
+                p.add("broker", format!("broker.url: {e}"));
+            }
             if !(tls
+                || sentinel.is_some()
                 || r.url.starts_with("redis://")
                 || r.url.starts_with("redis+unix://")
                 || r.url.starts_with("unix://"))
@@ -259,7 +264,7 @@ impl Config {
                 p.add(
                     "broker",
                     format!(
-                        "broker.url must start with redis:// or rediss:// (got {:?})",
+                        "broker.url must start with redis://, rediss:// or redis+sentinel:// (got {:?})",
                         super::redact_url_password(&r.url)
                     ),
                 );

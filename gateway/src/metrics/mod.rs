@@ -99,6 +99,8 @@ pub(crate) struct Metrics {
     redis_script_duration: HistogramVec,
     /// Pub/sub connections re-established after a loss.
     pub(crate) pubsub_reconnects: IntCounter,
+    /// Redis Sentinel named a different master than the one connected to.
+    pub(crate) redis_master_changes: IntCounter,
     /// Channels this node is subscribed to on Redis.
     pub(crate) redis_subscriptions: IntGauge,
     /// API request latency, by `route` and `status`.
@@ -444,6 +446,11 @@ impl Metrics {
                 &r,
                 "herald_redis_pubsub_reconnects_total",
                 "Redis pub/sub connections re-established after a loss.",
+            ),
+            redis_master_changes: counter(
+                &r,
+                "herald_redis_master_changes_total",
+                "Times Redis Sentinel named a new master and the node moved to it.",
             ),
             redis_subscriptions: gauge(
                 &r,

@@ -16,6 +16,7 @@ mod docs_examples;
 mod fuzz_corpus;
 mod hostile;
 mod recovery;
+mod redis_sentinel;
 mod redis_tls;
 mod resume;
 mod single_node;
