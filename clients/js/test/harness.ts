@@ -63,7 +63,8 @@ export interface Node {
 
 /**
  * `herald serve` on port 0 (unless `args` has a `--listen`, e.g. to restart a
- * node on its address), with only the environment given here.
+ * node on its address), with only the environment given here; resolves
+ * once its `/readyz` says ready.
  */
 export async function startNode(args: string[] = [], env: Record<string, string> = {}): Promise<Node> {
   const listen = args.includes("--listen") ? [] : ["--listen", "127.0.0.1:0"];
@@ -82,6 +83,15 @@ export async function startNode(args: string[] = [], env: Record<string, string>
   const field = (k: string) => line.split(/\s+/).find((w) => w.startsWith(k))?.slice(k.length);
   const pub = field("public=");
   if (!pub) throw new Error(`herald did not report its ports:\n${stdout}\n${stderr}`);
+  // Ready, so that tests do not race a node still reaching Redis.
+  const ready = async () => {
+    try {
+      return (await fetch(`http://${pub}/readyz`)).status === 200;
+    } catch {
+      return false;
+    }
+  };
+  if (!(await until(ready, 15_000))) throw new Error(`herald at ${pub} did not become ready:\n${stderr}`);
   return {
     ws: `ws://${pub}/ws`,
     http: `http://${pub}`,
