@@ -472,13 +472,7 @@ async fn socketio_preflight(
     }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     let h = resp.headers_mut();
-    if let Some(origin) = headers.get(header::ORIGIN) {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            header::HeaderValue::from_static("true"),
-        );
-    }
+    allow_origin(h, &headers);
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         header::HeaderValue::from_static("GET, POST"),
@@ -501,6 +495,18 @@ async fn socketio_preflight(
     resp
 }
 
+/// Lets the request's `Origin` (allowed, or it would not get here) read the
+/// answer, with credentials (CORS).
+fn allow_origin(h: &mut axum::http::HeaderMap, request: &axum::http::HeaderMap) {
+    if let Some(origin) = request.get(header::ORIGIN) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::HeaderValue::from_static("true"),
+        );
+    }
+}
+
 /// A polling answer as HTTP; a request with an `Origin` (allowed, or it
 /// would not get here) may read it (CORS).
 fn polling_answer(answer: Answer, headers: &axum::http::HeaderMap) -> Response {
@@ -511,13 +517,9 @@ fn polling_answer(answer: Answer, headers: &axum::http::HeaderMap) -> Response {
         Answer::Error(e) => engine_error(e),
         Answer::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload too large\n").into_response(),
     };
-    if let Some(origin) = headers.get(header::ORIGIN) {
+    if headers.contains_key(header::ORIGIN) {
         let h = resp.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            header::HeaderValue::from_static("true"),
-        );
+        allow_origin(h, headers);
         h.insert(header::VARY, header::HeaderValue::from_static("origin"));
     }
     resp

@@ -5,6 +5,7 @@ import { NodeWebSocket, NodeXHR } from "engine.io-client";
 import { io, type Socket } from "socket.io-client";
 import { afterEach, describe, expect, it } from "vitest";
 import { eventually, publish, publishAtRate, startNode, startRedis, stopAll, type Node } from "../harness.js";
+import { connected } from "./sockets.js";
 import { startHaProxy, stopHaProxies } from "../haproxy.js";
 
 const sockets: Socket[] = [];
@@ -21,14 +22,6 @@ function socket(url: string, opts: Record<string, unknown> = {}): Socket {
   const s = io(url, { ...quick, ...opts });
   sockets.push(s);
   return s;
-}
-
-function connected(s: Socket): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (s.connected) return resolve();
-    s.once("connect", () => resolve());
-    s.once("connect_error", (e) => reject(e));
-  });
 }
 
 /** A labelled series of the node's `/metrics` (0 when absent). */

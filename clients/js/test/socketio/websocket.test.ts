@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { Manager, io, type Socket } from "socket.io-client";
 import { afterEach, describe, expect, it } from "vitest";
 import { eventually, jwt, metric, publish, startNode, startRedis, stopAll, type Node } from "../harness.js";
+import { connected } from "./sockets.js";
 
 const sockets: Socket[] = [];
 
@@ -26,14 +27,6 @@ function socket(node: Node, nsp: string, auth?: Record<string, unknown>): Socket
     : io(`${node.http}${nsp}`, { ...opts, forceNew: true, ...(auth ? { auth } : {}) });
   sockets.push(s);
   return s;
-}
-
-function connected(s: Socket): Promise<void> {
-  return new Promise((resolve, reject) => {
-    if (s.connected) return resolve();
-    s.once("connect", () => resolve());
-    s.once("connect_error", (e) => reject(e));
-  });
 }
 
 function refused(s: Socket): Promise<Error & { data?: { code?: string } }> {
