@@ -55,7 +55,7 @@ impl MemoryBroker {
             sink,
             ttl: cfg.state_ttl,
         });
-        crate::metrics::metrics().broker_up.set(1);
+        crate::metrics::metrics().shard(0).up.set(1);
         let weak = Arc::downgrade(&broker);
         let period = (cfg.state_ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(60));
         tokio::spawn(async move {

@@ -7,7 +7,8 @@
 //! node's [`Sink`] (the hub). Publishing assigns `(epoch, offset)` and
 //! delivers in one atomic step per channel, so every sink sees a channel's
 //! publications in offset order. Backends: [`memory`] (single node) and
-//! [`redis`] (cluster).
+//! [`redis`] (several nodes: one Redis, Sentinel, Redis Cluster or
+//! client-side shards).
 //!
 //! One concern here is not about publications: [`Broker::shared_secret`].
 //! Reconnect tokens must verify on every node, and when the operator sets
@@ -18,7 +19,6 @@
 
 pub(crate) mod memory;
 pub(crate) mod redis;
-pub(crate) mod sentinel;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;

@@ -122,6 +122,11 @@ settings! {
     #[arg(long, env = "HERALD_REDIS_URL", value_name = "URL")]
     redis_url: Option<String> => "broker.url" "with `broker.type = \"redis\"`" "unset (memory broker)",
         |c, v| redis_mut(c).url = v;
+    /// Redis instance to spread channels over by hash (client-side sharding);
+    /// repeat in order (or space-separate in the env). Replaces --redis-url.
+    #[arg(long, env = "HERALD_REDIS_SHARDS", value_name = "URL", value_delimiter = ' ', hide_env_values = true)]
+    redis_shard: Vec<String> => "broker.shards" "in the order given" "none",
+        |c, v| redis_mut(c).shards = v;
     /// PEM CA certificate(s) that verify a `rediss://` Redis, replacing the system roots.
     #[arg(long, env = "HERALD_REDIS_TLS_CA_FILE", value_name = "FILE")]
     redis_tls_ca_file: Option<PathBuf> => "broker.tls_ca_file" "" "unset (system roots)",

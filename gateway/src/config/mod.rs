@@ -417,7 +417,13 @@ impl BrokerConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisConfig {
+    /// `redis://`, `rediss://`, `redis+sentinel://` or `redis+cluster://`
+    /// (`rediss+cluster://` with TLS); unused when `shards` is set.
     pub url: String,
+    /// Independent Redis instances (or Sentinel groups) to spread channels
+    /// over by a stable hash, for those who do not run Redis Cluster. The
+    /// order matters: it is the mapping.
+    pub shards: Vec<String>,
     /// Expiry of a channel's epoch/offset key, refreshed by every publish and subscribe.
     #[serde(with = "duration_str")]
     pub state_ttl: Duration,
@@ -444,10 +450,14 @@ impl RedisConfig {
     }
 }
 
+/// Where a node looks for Redis when only `broker.type = "redis"` is said.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
 impl Default for RedisConfig {
     fn default() -> Self {
         Self {
-            url: "redis://127.0.0.1:6379".to_owned(),
+            url: DEFAULT_REDIS_URL.to_owned(),
+            shards: Vec::new(),
             state_ttl: Duration::from_secs(3600),
             timeout: Duration::from_secs(2),
             history_size: HistoryConfig::default().size,
@@ -486,6 +496,9 @@ impl Config {
         c.api.keys.iter_mut().for_each(hide);
         if let BrokerConfig::Redis(r) = &mut c.broker {
             r.url = redact_url_password(&r.url);
+            r.shards
+                .iter_mut()
+                .for_each(|u| *u = redact_url_password(u));
         }
         // Serializing this tree of plain values cannot fail.
         toml::to_string(&c).unwrap_or_default()

@@ -250,29 +250,43 @@ impl Config {
     fn check_broker(&self, p: &mut Problems) {
         let state_ttl = self.broker.state_ttl();
         if let BrokerConfig::Redis(r) = &self.broker {
-            let tls = r.url.starts_with("rediss://");
-            let sentinel = crate::broker::sentinel::SentinelUrl::parse(&r.url);
-            if let Some(Err(e)) = &sentinel {
-                p.add("broker", format!("broker.url: {e}"));
-            }
-            if !(tls
-                || sentinel.is_some()
-                || r.url.starts_with("redis://")
-                || r.url.starts_with("redis+unix://")
-                || r.url.starts_with("unix://"))
-            {
+            let shards = !r.shards.is_empty();
+            if shards && r.url != super::DEFAULT_REDIS_URL {
                 p.add(
                     "broker",
-                    format!(
-                        "broker.url must start with redis://, rediss:// or redis+sentinel:// (got {:?})",
-                        super::redact_url_password(&r.url)
-                    ),
+                    "set broker.url (one Redis, Sentinel or Cluster) or broker.shards, not both",
                 );
+            }
+            let urls: Vec<(&str, &str)> = if shards {
+                r.shards
+                    .iter()
+                    .map(|u| ("broker.shards", u.as_str()))
+                    .collect()
+            } else {
+                vec![("broker.url", r.url.as_str())]
+            };
+            let mut tls = false;
+            for (key, url) in urls {
+                match check_redis_url(url) {
+                    Ok(kind) => {
+                        tls |= kind.tls;
+                        if shards && kind.cluster {
+                            p.add(
+                                "broker",
+                                format!("{key}: a Redis Cluster cannot be a shard; give its URL as broker.url"),
+                            );
+                        }
+                    }
+                    Err(e) => p.add(
+                        "broker",
+                        format!("{key}: {e} (got {:?})", super::redact_url_password(url)),
+                    ),
+                }
             }
             if r.has_tls_files() && !tls {
                 p.add(
                     "broker",
-                    "broker.tls_ca_file, tls_cert_file and tls_key_file need a rediss:// URL",
+                    "broker.tls_ca_file, tls_cert_file and tls_key_file need a rediss:// URL (or rediss+cluster://)",
                 );
             }
             p.check(
@@ -372,6 +386,34 @@ impl Config {
     }
 }
 
+/// What kind of Redis a URL names.
+struct RedisUrlKind {
+    tls: bool,
+    cluster: bool,
+}
+
+/// Checks a Redis URL's scheme (and a Sentinel or Cluster URL's shape).
+fn check_redis_url(url: &str) -> Result<RedisUrlKind, String> {
+    let kind = |tls, cluster| Ok(RedisUrlKind { tls, cluster });
+    if let Some(s) = crate::broker::redis::sentinel::SentinelUrl::parse(url) {
+        return s.and(kind(false, false));
+    }
+    if let Some(c) = crate::broker::redis::cluster::ClusterUrl::parse(url) {
+        return c.map(|c| RedisUrlKind {
+            tls: c.tls,
+            cluster: true,
+        });
+    }
+    match url.split_once("://").map(|(s, _)| s) {
+        Some("rediss") => kind(true, false),
+        Some("redis" | "redis+unix" | "unix") => kind(false, false),
+        _ => Err(
+            "must start with redis://, rediss://, redis+sentinel://, redis+cluster:// or rediss+cluster://"
+                .to_owned(),
+        ),
+    }
+}
+
 /// What a PEM file given for Redis TLS must hold.
 #[derive(Clone, Copy)]
 enum PemKind {
@@ -430,6 +472,39 @@ mod tests {
             text.contains("session.ping_interval must be greater than zero"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn redis_cluster_and_shard_urls_are_checked() {
+        use crate::config::RedisConfig;
+        let with = |url: &str, shards: &[&str]| Config {
+            broker: BrokerConfig::Redis(RedisConfig {
+                url: url.into(),
+                shards: shards.iter().map(|s| (*s).to_owned()).collect(),
+                ..RedisConfig::default()
+            }),
+            ..Config::default()
+        };
+        let ok = |c: Config| c.validate().map_err(|e| e.to_string());
+        ok(with("redis+cluster://a:7000,b:7001", &[])).expect("cluster");
+        ok(with("rediss+cluster://:pw@a:7000", &[])).expect("cluster over TLS");
+        ok(with(
+            crate::config::DEFAULT_REDIS_URL,
+            &["redis://a:1", "rediss://b:2", "redis+sentinel://s:1/m"],
+        ))
+        .expect("shards");
+        let err = |c: Config| ok(c).expect_err("invalid");
+        assert!(err(with("redis+cluster://a:7000/2", &[])).contains("database 0"));
+        assert!(err(with("redis://x:1", &["redis://a:1"])).contains("not both"));
+        assert!(
+            err(with(
+                crate::config::DEFAULT_REDIS_URL,
+                &["redis+cluster://a:1"]
+            ))
+            .contains("cannot be a shard")
+        );
+        let e = err(with(crate::config::DEFAULT_REDIS_URL, &["http://a:1"]));
+        assert!(e.contains("broker.shards: must start with redis://"), "{e}");
     }
 
     #[test]

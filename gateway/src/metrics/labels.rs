@@ -84,6 +84,8 @@ labels! {
         Ping => "ping",
         Expire => "expire",
         EpochBump => "epoch_bump",
+        Subscribe => "subscribe",
+        Forget => "forget",
     }
 }
 
@@ -102,7 +104,7 @@ impl RedisCommand {
             Self::Publish => Some(0),
             Self::History => Some(1),
             Self::Position => Some(2),
-            Self::Ping | Self::Expire | Self::EpochBump => None,
+            Self::Ping | Self::Expire | Self::EpochBump | Self::Subscribe | Self::Forget => None,
         }
     }
 }

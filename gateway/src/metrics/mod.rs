@@ -40,8 +40,8 @@ pub(crate) struct Metrics {
     pub(crate) slow_consumers: IntCounter,
     /// Broker failures, by `op` (publish, subscribe, unsubscribe, pubsub, connect, decode, refresh).
     broker_errors: IntCounterVec,
-    /// 1 while the broker is reachable.
-    pub(crate) broker_up: IntGauge,
+    /// 1 while the broker is reachable, by `shard`.
+    broker_up: IntGaugeVec,
     /// Channels whose subscribers were closed with 4004 after a gap or lost state, by `reason`.
     state_resets: IntCounterVec,
     /// Error replies sent to clients, by `code`.
@@ -93,16 +93,16 @@ pub(crate) struct Metrics {
     accept_errors: IntCounterVec,
     /// Publications received from the broker for local subscribers.
     pub(crate) received: IntCounter,
-    /// Redis commands and scripts, by `command` and `result` (ok, error, timeout).
+    /// Redis commands and scripts, by `shard`, `command` and `result` (ok, error, timeout).
     redis_commands: IntCounterVec,
-    /// Lua script round trips, by `script` (publish, history, position).
+    /// Lua script round trips, by `shard` and `script` (publish, history, position).
     redis_script_duration: HistogramVec,
-    /// Pub/sub connections re-established after a loss.
-    pub(crate) pubsub_reconnects: IntCounter,
-    /// Redis Sentinel named a different master than the one connected to.
-    pub(crate) redis_master_changes: IntCounter,
-    /// Channels this node is subscribed to on Redis.
-    pub(crate) redis_subscriptions: IntGauge,
+    /// Pub/sub connections re-established after a loss, by `shard`.
+    pubsub_reconnects: IntCounterVec,
+    /// Redis Sentinel named a different master than the one connected to, by `shard`.
+    redis_master_changes: IntCounterVec,
+    /// Channels this node is subscribed to on Redis, by `shard`.
+    redis_subscriptions: IntGaugeVec,
     /// API request latency, by `route` and `status`.
     api_duration: HistogramVec,
     /// Children resolved once for per-publication paths (no label lookup there).
@@ -116,6 +116,17 @@ pub(crate) struct Hot {
     pub(crate) dropped_duplicate: IntCounter,
     pub(crate) dropped_slow_consumer: IntCounter,
     pub(crate) dropped_no_subscribers: IntCounter,
+}
+
+/// The series of one broker shard (`shard` = its index in `broker.shards`;
+/// "0" for one Redis, a Sentinel group or a Redis Cluster), resolved once by
+/// the backend that owns the connection.
+pub(crate) struct ShardMetrics {
+    pub(crate) up: IntGauge,
+    pub(crate) subscriptions: IntGauge,
+    pub(crate) reconnects: IntCounter,
+    pub(crate) master_changes: IntCounter,
+    label: String,
     /// `herald_redis_commands_total{command=publish|history|position, result=ok}`.
     redis_ok: [IntCounter; 3],
     /// `herald_redis_script_duration_seconds{script=publish|history|position}`.
@@ -251,14 +262,14 @@ impl Metrics {
         let redis_commands = counter_vec(
             &r,
             "herald_redis_commands_total",
-            "Redis commands and scripts by command and result.",
-            &["command", "result"],
+            "Redis commands and scripts by shard, command and result.",
+            &["shard", "command", "result"],
         );
         let redis_script_duration = histogram_vec(
             &r,
             "herald_redis_script_duration_seconds",
-            "Lua script round trips by script.",
-            &["script"],
+            "Lua script round trips by shard and script.",
+            &["shard", "script"],
             seconds(),
         );
         Self {
@@ -289,7 +300,12 @@ impl Metrics {
                 "Broker operation failures.",
                 &["op"],
             ),
-            broker_up: gauge(&r, "herald_broker_up", "1 while the broker is reachable."),
+            broker_up: gauge_vec(
+                &r,
+                "herald_broker_up",
+                "1 while the broker (shard) is reachable.",
+                &["shard"],
+            ),
             state_resets: counter_vec(
                 &r,
                 "herald_channel_state_resets_total",
@@ -442,20 +458,23 @@ impl Metrics {
             ),
             redis_commands: redis_commands.clone(),
             redis_script_duration: redis_script_duration.clone(),
-            pubsub_reconnects: counter(
+            pubsub_reconnects: counter_vec(
                 &r,
                 "herald_redis_pubsub_reconnects_total",
-                "Redis pub/sub connections re-established after a loss.",
+                "Redis pub/sub connections re-established after a loss, by shard.",
+                &["shard"],
             ),
-            redis_master_changes: counter(
+            redis_master_changes: counter_vec(
                 &r,
                 "herald_redis_master_changes_total",
-                "Times Redis Sentinel named a new master and the node moved to it.",
+                "Times Redis Sentinel named a new master and the node moved to it, by shard.",
+                &["shard"],
             ),
-            redis_subscriptions: gauge(
+            redis_subscriptions: gauge_vec(
                 &r,
                 "herald_redis_subscriptions",
-                "Channels this node is subscribed to on Redis.",
+                "Channels this node is subscribed to on Redis, by shard.",
+                &["shard"],
             ),
             api_duration: histogram_vec(
                 &r,
@@ -470,9 +489,6 @@ impl Metrics {
                 dropped_duplicate: dropped.with_label_values(&["duplicate"]),
                 dropped_slow_consumer: dropped.with_label_values(&["slow_consumer"]),
                 dropped_no_subscribers: dropped.with_label_values(&["no_subscribers"]),
-                redis_ok: HOT_SCRIPTS.map(|c| redis_commands.with_label_values(&[c.label(), "ok"])),
-                redis_script: HOT_SCRIPTS
-                    .map(|c| redis_script_duration.with_label_values(&[c.label()])),
             },
             registry: r,
         }
@@ -492,9 +508,8 @@ impl Metrics {
                 vec.with_label_values(&[a, b]);
             }
         }
-        for c in RedisCommand::all().into_iter().filter(|c| c.is_script()) {
-            self.redis_script_duration.with_label_values(&[c.label()]);
-        }
+        // Every node has shard 0; a backend with more resolves the others.
+        drop(self.shard(0));
         for (r, st) in pairs::<ApiRoute, ApiStatus>() {
             self.api_duration.with_label_values(&[r, st]);
         }
@@ -554,7 +569,6 @@ impl Metrics {
         vec![
             (&self.auth, auth),
             (&self.denials, pairs::<DenialAction, DenialReason>()),
-            (&self.redis_commands, pairs::<RedisCommand, RedisResult>()),
             (&self.api_requests, pairs::<ApiRoute, ApiStatus>()),
             (&self.polling_requests, pairs::<PollMethod, PollOutcome>()),
         ]
@@ -565,6 +579,28 @@ impl Metrics {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl ShardMetrics {
+    /// Counts one Redis round trip, and times it when it ran a script.
+    pub(crate) fn redis(&self, cmd: RedisCommand, result: RedisResult, took: std::time::Duration) {
+        let m = metrics();
+        match (cmd.hot_slot(), result) {
+            (Some(i), RedisResult::Ok) => self.redis_ok[i].inc(),
+            _ => m
+                .redis_commands
+                .with_label_values(&[&self.label, cmd.label(), result.label()])
+                .inc(),
+        }
+        match cmd.hot_slot() {
+            Some(i) => self.redis_script[i].observe(took.as_secs_f64()),
+            None if cmd.is_script() => m
+                .redis_script_duration
+                .with_label_values(&[&self.label, cmd.label()])
+                .observe(took.as_secs_f64()),
+            None => {}
+        }
     }
 }
 
@@ -605,22 +641,30 @@ impl Metrics {
         self.broker_errors.with_label_values(&[op.label()]).inc();
     }
 
-    /// Counts one Redis round trip, and times it when it ran a script.
-    pub(crate) fn redis(&self, cmd: RedisCommand, result: RedisResult, took: std::time::Duration) {
-        match (cmd.hot_slot(), result) {
-            (Some(i), RedisResult::Ok) => self.hot.redis_ok[i].inc(),
-            _ => self
-                .redis_commands
-                .with_label_values(&[cmd.label(), result.label()])
-                .inc(),
+    /// The series of broker shard `index`, every command and result
+    /// created at zero.
+    pub(crate) fn shard(&self, index: usize) -> ShardMetrics {
+        let label = index.to_string();
+        let l = label.as_str();
+        for (c, r) in pairs::<RedisCommand, RedisResult>() {
+            self.redis_commands.with_label_values(&[l, c, r]);
         }
-        match cmd.hot_slot() {
-            Some(i) => self.hot.redis_script[i].observe(took.as_secs_f64()),
-            None if cmd.is_script() => self
-                .redis_script_duration
-                .with_label_values(&[cmd.label()])
-                .observe(took.as_secs_f64()),
-            None => {}
+        for c in RedisCommand::all().into_iter().filter(|c| c.is_script()) {
+            self.redis_script_duration
+                .with_label_values(&[l, c.label()]);
+        }
+        ShardMetrics {
+            up: self.broker_up.with_label_values(&[l]),
+            subscriptions: self.redis_subscriptions.with_label_values(&[l]),
+            reconnects: self.pubsub_reconnects.with_label_values(&[l]),
+            master_changes: self.redis_master_changes.with_label_values(&[l]),
+            redis_ok: HOT_SCRIPTS
+                .map(|c| self.redis_commands.with_label_values(&[l, c.label(), "ok"])),
+            redis_script: HOT_SCRIPTS.map(|c| {
+                self.redis_script_duration
+                    .with_label_values(&[l, c.label()])
+            }),
+            label,
         }
     }
 
@@ -842,7 +886,7 @@ mod tests {
             assert!(
                 has(
                     "herald_redis_commands_total",
-                    &[("command", c), ("result", r)]
+                    &[("shard", "0"), ("command", c), ("result", r)]
                 ),
                 "{c} {r}"
             );
@@ -850,7 +894,7 @@ mod tests {
         for c in RedisCommand::all().into_iter().filter(|c| c.is_script()) {
             assert!(has(
                 "herald_redis_script_duration_seconds_bucket",
-                &[("script", c.label())]
+                &[("shard", "0"), ("script", c.label())]
             ));
         }
         for (m, o) in pairs::<PollMethod, PollOutcome>() {

@@ -21,7 +21,6 @@ pub(crate) use admission::TrustedProxies;
 use crate::api::{self, ApiState};
 use crate::auth::{Auth, UserConnections};
 use crate::broker::memory::MemoryBroker;
-use crate::broker::redis::RedisBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::channels::Rules;
 use crate::config::{BrokerConfig, Config};
@@ -115,9 +114,11 @@ impl Server {
         let broker_stop = CancellationToken::new();
         let broker: Arc<dyn Broker> = match &cfg.broker {
             BrokerConfig::Memory(m) => MemoryBroker::start(m, hub.clone(), broker_stop.clone()),
-            BrokerConfig::Redis(r) => RedisBroker::start(r, hub.clone(), broker_stop.clone())
-                .await
-                .map_err(|e: BrokerError| ServerError::Broker(e.to_string()))?,
+            BrokerConfig::Redis(r) => {
+                crate::broker::redis::start(r, hub.clone(), broker_stop.clone())
+                    .await
+                    .map_err(|e: BrokerError| ServerError::Broker(e.to_string()))?
+            }
         };
         let rules = Arc::new(Rules::from_config(cfg));
         let polls = Polls::new(&node_id);
