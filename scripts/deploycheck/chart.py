@@ -15,6 +15,12 @@ from .runner import must, read_text
 CASES = {
     "default": {},
     "production": CHART / "ci/production-values.yaml",
+    "cluster-tls": CHART / "ci/cluster-tls-values.yaml",
+    "shards": CHART / "ci/shards-values.yaml",
+    "shards-secret-tls": {
+        "replicaCount": 2,
+        "redis": {"shardsExistingSecret": "herald-redis-shards", "tls": {"caSecret": "redis-ca", "caKey": "ca.pem"}},
+    },
     "bundled-redis": {
         "replicaCount": 2,
         "redis": {"bundled": {"enabled": True}},
@@ -61,6 +67,21 @@ REJECTS = [
     ("rejects 3 replicas without Redis", {"replicaCount": 3}, helm.HelmRenderError, "needs Redis"),
     ("rejects two Redis sources", {"redis": {"url": "redis://r:6379", "bundled": {"enabled": True}}},
      helm.HelmRenderError, "only one"),
+    ("rejects shards with redis.url", {"redis": {"url": "redis://r:6379", "shards": ["redis://a:6379"]}},
+     helm.HelmRenderError, "only one"),
+    ("rejects shards in values and in a Secret",
+     {"redis": {"shards": ["redis://a:6379"], "shardsExistingSecret": "s"}}, helm.HelmRenderError, "only one"),
+    ("rejects an unknown Redis URL scheme", {"redis": {"url": "http://r:6379"}}, helm.HelmValuesError, "/redis/url"),
+    ("rejects a Redis Cluster as a shard", {"redis": {"shards": ["redis+cluster://a:6379"]}}, helm.HelmValuesError,
+     "/redis/shards/0"),
+    ("rejects redis.tls with the bundled Redis", {"redis": {"bundled": {"enabled": True}, "tls": {"caSecret": "ca"}}},
+     helm.HelmRenderError, "the bundled Redis has no TLS"),
+    ("rejects redis.tls without Redis", {"redis": {"tls": {"clientCertSecret": "c"}}}, helm.HelmRenderError,
+     "redis.tls.* needs a rediss:// Redis"),
+    ("rejects redis.tls with a redis+cluster:// url", {"redis": {"url": "redis+cluster://a:6379",
+     "tls": {"caSecret": "ca"}}}, helm.HelmRenderError, "rediss+cluster:// redis.url"),
+    ("rejects redis.tls with a plain shard", {"redis": {"shards": ["rediss://a:6379", "redis://:pw@b:6379"],
+     "tls": {"caSecret": "ca"}}}, helm.HelmRenderError, "redis://***@b:6379 is not rediss://"),
 ]  # fmt: skip
 
 # [auth] keys the chart sets from secrets.* and jwt.* (environment), never from config.auth.

@@ -9,7 +9,15 @@ from pathlib import Path
 from .runner import must
 
 CHART = Path("helm/herald")
-CHART_FILES = [".helmignore", "Chart.yaml", "values.yaml", "values.schema.json", "ci/production-values.yaml"]
+CHART_FILES = [
+    ".helmignore",
+    "Chart.yaml",
+    "values.yaml",
+    "values.schema.json",
+    "ci/production-values.yaml",
+    "ci/cluster-tls-values.yaml",
+    "ci/shards-values.yaml",
+]
 TEMPLATES = [
     "NOTES.txt",
     "_helpers.tpl",

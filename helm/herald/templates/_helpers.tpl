@@ -35,17 +35,35 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: gateway
 {{- end }}
 
-{{/* "url", "secret", "bundled" or "" (embedded broker). Fails on more than one. */}}
+{{/* "url", "secret", "shards", "shardsSecret", "bundled" or "" (embedded broker). Fails on more than one, and on redis.tls.* that cannot apply. */}}
 {{- define "herald.redisMode" -}}
 {{- $r := .Values.redis }}
 {{- $modes := list }}
 {{- if $r.url }}{{ $modes = append $modes "url" }}{{ end }}
 {{- if $r.existingSecret }}{{ $modes = append $modes "secret" }}{{ end }}
+{{- if $r.shards }}{{ $modes = append $modes "shards" }}{{ end }}
+{{- if $r.shardsExistingSecret }}{{ $modes = append $modes "shardsSecret" }}{{ end }}
 {{- if $r.bundled.enabled }}{{ $modes = append $modes "bundled" }}{{ end }}
 {{- if gt (len $modes) 1 }}
-{{- fail "set only one of redis.url, redis.existingSecret and redis.bundled.enabled" }}
+{{- fail "set only one of redis.url, redis.existingSecret, redis.shards, redis.shardsExistingSecret and redis.bundled.enabled" }}
 {{- end }}
-{{- first $modes | default "" }}
+{{- $mode := first $modes | default "" }}
+{{- if or $r.tls.caSecret $r.tls.clientCertSecret }}
+{{- if eq $mode "bundled" }}
+{{- fail "redis.tls.* is for an external rediss:// Redis: the bundled Redis has no TLS" }}
+{{- else if eq $mode "" }}
+{{- fail "redis.tls.* needs a rediss:// Redis: set redis.url, redis.existingSecret, redis.shards or redis.shardsExistingSecret" }}
+{{- else if and (eq $mode "url") (not (regexMatch "^rediss(\\+cluster)?://" $r.url)) }}
+{{- fail "redis.tls.* needs a rediss:// or rediss+cluster:// redis.url (herald refuses TLS files otherwise)" }}
+{{- else if eq $mode "shards" }}
+{{- range $r.shards }}
+{{- if not (hasPrefix "rediss://" .) }}
+{{- fail (printf "redis.tls.* applies to every shard: %s is not rediss:// (herald refuses TLS files with a plain shard)" (regexReplaceAll "//[^@/]*@" . "//***@")) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $mode }}
 {{- end }}
 
 {{/* Name of the Secret holding the env secrets, or "" when there is none. */}}
@@ -113,7 +131,7 @@ drain_timeout = "{{ .Values.drainTimeout }}s"
 {{- include "herald.tomlKeys" . }}
 {{- end }}
 [broker]
-type = {{ ternary "redis" "memory" (ne $redis "") | quote }}{{ if $redis }}  # url: HERALD_REDIS_URL{{ end }}
+type = {{ ternary "redis" "memory" (ne $redis "") | quote }}{{ if has $redis (list "shards" "shardsSecret") }}  # shards: HERALD_REDIS_SHARDS{{ else if $redis }}  # url: HERALD_REDIS_URL{{ end }}
 {{- include "herald.tomlKeys" $c.broker }}
 {{- with $c.auth }}
 [auth]  # key source, issuer, audience: environment (secrets.*, jwt.*)

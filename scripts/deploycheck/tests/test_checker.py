@@ -1,6 +1,7 @@
 """Runs the checker on a copy of the deployment files: the intact copy
 passes; deleting alerts.yml, the dashboard or a chart template fails naming
-the file; a missing herald binary is a skip that fails the run unless
+the file; a Redis TLS file the env names but no volume mounts stops the
+started binary; a missing herald binary is a skip that fails the run unless
 allowed; CARGO_TARGET_DIR is where the binary is looked for."""
 
 import os
@@ -75,6 +76,18 @@ class CheckerTest(unittest.TestCase):
 
     def test_missing_chart_template_fails(self):
         self.assert_fails_naming("helm/herald/templates/servicemonitor.yaml")
+
+    @unittest.skipIf(BINARY is None, NO_BINARY)
+    def test_unmounted_redis_tls_file_stops_the_pod(self):
+        deployment = self.root / "helm/herald/templates/deployment.yaml"
+        text = deployment.read_text()
+        self.assertIn("mountPath: /etc/herald/redis-tls\n", text)
+        deployment.write_text(text.replace("mountPath: /etc/herald/redis-tls\n", "mountPath: /etc/herald/tls\n"))
+        rc, out = self.run_checker()
+        self.assertEqual(rc, 1, out)
+        fails = [line for line in out.splitlines() if line.startswith("FAIL")]
+        self.assertTrue(any("herald starts" in line and "[cluster-tls]" in line for line in fails), out)
+        self.assertIn("/etc/herald/redis-tls/ca.crt", out)
 
     def test_missing_binary_is_skipped_not_passed(self):
         empty = self.root / "empty-target"
