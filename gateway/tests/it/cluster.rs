@@ -1,6 +1,6 @@
 //! Several real gateway processes on one real `redis-server`.
 
-use crate::common::{Client, Event, Gateway, Redis, eventually, herald, http_post};
+use crate::common::{Client, Event, Gateway, Redis, all_ready, eventually, herald, http_post};
 use serde_json::json;
 
 fn cluster(redis: &Redis, n: usize) -> Vec<Gateway> {
@@ -14,12 +14,6 @@ fn cluster(redis: &Redis, n: usize) -> Vec<Gateway> {
             ])
         })
         .collect()
-}
-
-async fn all_ready(nodes: &[Gateway]) {
-    for gw in nodes {
-        eventually("node ready", || async { gw.ready().await == 200 }).await;
-    }
 }
 
 /// Reads `n` messages and checks offsets run `from+1 ..= from+n` with no extras.

@@ -2,8 +2,160 @@
 //! Cargo built for these tests.
 
 pub(crate) use herald_testkit::*;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 /// The `herald` executable under test.
 pub(crate) fn herald() -> Herald {
     Herald::at(env!("CARGO_BIN_EXE_herald"))
+}
+
+/// Publishes `{"i": n}` on a channel through a node every 20 ms until
+/// stopped, counting the accepted ones; failures (Redis down) are simply
+/// retried.
+pub(crate) struct SteadyPublisher {
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SteadyPublisher {
+    pub(crate) fn start(gw: &Gateway, channel: &str) -> Self {
+        let (admin, channel) = (gw.admin, channel.to_owned());
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let (s, n) = (Arc::clone(&stop), Arc::clone(&accepted));
+        let task = tokio::spawn(async move {
+            let mut i = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                let body = json!({"channel":channel,"event":"tick","data":{"i":i}}).to_string();
+                let (status, _) = http_post(admin, "/api/v1/publish", &body).await;
+                if status == 200 {
+                    n.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Self {
+            stop,
+            accepted,
+            task,
+        }
+    }
+
+    /// Waits until 20 more publications are accepted.
+    pub(crate) async fn flowing(&self, what: &str) {
+        let before = self.accepted.load(Ordering::Relaxed);
+        eventually(what, || async {
+            self.accepted.load(Ordering::Relaxed) >= before + 20
+        })
+        .await;
+    }
+
+    pub(crate) async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.expect("publisher");
+    }
+}
+
+/// `subscribe` with `since`; asserts it is accepted and returns the reply.
+pub(crate) async fn subscribe_since(
+    c: &mut Client,
+    channel: &str,
+    epoch: &Value,
+    offset: u64,
+) -> Value {
+    let r = c
+        .request(
+            json!({"op":"subscribe","channel":channel,"since":{"epoch":epoch,"offset":offset}}),
+        )
+        .await;
+    assert_eq!(r["op"], "subscribed", "{r}");
+    r
+}
+
+/// Reads one channel until its `last` publication: every message exactly
+/// once, in offset order. Returns `Err(position)` when the node closed with
+/// 4004 first, with the last position seen.
+pub(crate) async fn read_until_last(
+    c: &mut Client,
+    epoch: &Value,
+    mut offset: u64,
+) -> Result<(), u64> {
+    loop {
+        match c.next_event().await {
+            Event::Frame(m) if m["op"] == "message" => {
+                assert_eq!(&m["epoch"], epoch, "{m}");
+                assert_eq!(m["offset"], offset + 1, "exactly once, in order: {m}");
+                offset += 1;
+                if m["event"] == "last" {
+                    return Ok(());
+                }
+            }
+            Event::Frame(_) => {}
+            Event::Close(4004, _) => return Err(offset),
+            Event::Close(code, why) => panic!("closed with {code} {why}"),
+        }
+    }
+}
+
+/// Reads `channel` on `sub` (joined at `epoch`/`start`) until its `last`
+/// publication; when the node closed with 4004 first, resumes on `gw` from
+/// the last position seen, and checks that recovery is exact or says it is
+/// not (`recovered: false`). Returns the client left subscribed.
+pub(crate) async fn nothing_missed_silently(
+    gw: &Gateway,
+    mut sub: Client,
+    channel: &str,
+    epoch: &Value,
+    start: u64,
+) -> Client {
+    let Err(seen) = read_until_last(&mut sub, epoch, start).await else {
+        return sub;
+    };
+    let mut back = gw.connected().await;
+    let r = subscribe_since(&mut back, channel, epoch, seen).await;
+    match r["recovered"].as_bool() {
+        Some(true) => {
+            assert_eq!(&r["epoch"], epoch, "{r}");
+            if read_until_last(&mut back, epoch, seen).await.is_err() {
+                panic!("closed again after recovering");
+            }
+        }
+        Some(false) => {}
+        None => panic!("recovered must be explicit: {r}"),
+    }
+    back
+}
+
+/// Waits until every node answers `/readyz` with 200.
+pub(crate) async fn all_ready(nodes: &[Gateway]) {
+    for gw in nodes {
+        eventually("node ready", || async { gw.ready().await == 200 }).await;
+    }
+}
+
+/// Reads until every channel of `last` has delivered its `last` event:
+/// every channel's messages exactly once, in offset order from 1, the
+/// `last` one at `last[channel]`.
+pub(crate) async fn read_channels_until_last(c: &mut Client, last: &HashMap<String, u64>) {
+    let mut seen: HashMap<String, u64> = last.keys().map(|ch| (ch.clone(), 0)).collect();
+    let mut done = 0;
+    while done < last.len() {
+        let m = c.message().await;
+        let ch = m["channel"].as_str().expect("channel").to_owned();
+        let offset = seen
+            .get_mut(&ch)
+            .unwrap_or_else(|| panic!("unexpected {m}"));
+        assert_eq!(m["offset"], *offset + 1, "exactly once, in order: {m}");
+        *offset += 1;
+        if m["event"] == "last" {
+            assert_eq!(m["offset"], last[&ch], "{m}");
+            done += 1;
+        }
+    }
 }

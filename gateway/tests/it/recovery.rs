@@ -1,8 +1,8 @@
 //! History and recovery (`subscribe` with `since`) through real processes,
 //! on the embedded broker and on Redis.
 
-use crate::common::{Client, Gateway, Redis, eventually, herald, http_post};
-use serde_json::{Value, json};
+use crate::common::{Client, Gateway, Redis, eventually, herald, http_post, subscribe_since};
+use serde_json::json;
 use std::time::Duration;
 
 /// Reads `n` messages and checks their offsets run `from+1 ..= from+n`.
@@ -18,16 +18,6 @@ async fn publish_n(gw: &Gateway, channel: &str, n: u64) {
         let (s, b) = gw.publish(channel, "e", json!({ "i": i })).await;
         assert_eq!(s, 200, "{b}");
     }
-}
-
-async fn subscribe_since(c: &mut Client, channel: &str, epoch: &Value, offset: u64) -> Value {
-    let r = c
-        .request(
-            json!({"op":"subscribe","channel":channel,"since":{"epoch":epoch,"offset":offset}}),
-        )
-        .await;
-    assert_eq!(r["op"], "subscribed", "{r}");
-    r
 }
 
 #[tokio::test]
