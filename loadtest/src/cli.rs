@@ -101,7 +101,7 @@ pub struct Common {
     /// Server base URL; repeat to spread clients round-robin over several nodes.
     #[arg(
         long = "url",
-        env = "HERALD_LOAD_URL",
+        env = "LOADTEST_URL",
         value_delimiter = ',',
         default_value = "http://127.0.0.1:8080"
     )]
@@ -138,8 +138,10 @@ pub struct DeliveryArgs {
     /// Publish path for Herald (Socket.IO always publishes through a client).
     #[arg(long, value_enum, default_value_t = PublishVia::Api)]
     pub publish_via: PublishVia,
-    /// Redis of the Herald cluster, for --publish-via redis.
-    #[arg(long, env = "HERALD_LOAD_REDIS_URL", value_name = "URL")]
+    /// Redis of the Herald cluster, for --publish-via redis: `redis://…`,
+    /// `redis+cluster://h1:p1,h2:p2` (Redis Cluster), or several
+    /// space-separated `redis://` URLs in the nodes' `--redis-shard` order.
+    #[arg(long, env = "LOADTEST_REDIS_URL", value_name = "URL")]
     pub redis_url: Option<String>,
     /// Concurrent publishing connections (api, redis, client).
     #[arg(long, default_value_t = 4)]

@@ -104,9 +104,60 @@ pub fn payload(out: &mut String, seq: u64, pad: usize) {
 /// One open publishing connection.
 enum Conn {
     Api(Http),
-    Redis(redis::aio::MultiplexedConnection, Arc<redis::Script>),
+    Redis(RedisPub, Arc<redis::Script>),
     Herald(Box<Ws>),
     Sio(Box<RawWs>),
+}
+
+/// Where `--publish-via redis` publishes, as the nodes' broker is set up.
+#[derive(Clone)]
+enum RedisPub {
+    /// `redis://…`: one Redis.
+    One(redis::aio::MultiplexedConnection),
+    /// `redis://a redis://b …` (space-separated): client-side shards, in
+    /// the nodes' `--redis-shard` order.
+    Shards(Vec<redis::aio::MultiplexedConnection>),
+    /// `redis+cluster://h1:p1,h2:p2`: a Redis Cluster (`SPUBLISH`).
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl RedisPub {
+    async fn connect(url: &str) -> anyhow::Result<Self> {
+        async fn one(url: &str) -> anyhow::Result<redis::aio::MultiplexedConnection> {
+            let client =
+                redis::Client::open(url).with_context(|| format!("invalid Redis URL {url}"))?;
+            tokio::time::timeout(
+                net::CONNECT_TIMEOUT,
+                client.get_multiplexed_async_connection(),
+            )
+            .await
+            .with_context(|| format!("connecting to Redis at {url} timed out"))?
+            .with_context(|| format!("cannot connect to Redis at {url}"))
+        }
+        if let Some(hosts) = url.strip_prefix("redis+cluster://") {
+            let nodes: Vec<String> = hosts
+                .trim_end_matches('/')
+                .split(',')
+                .map(|h| format!("redis://{h}"))
+                .collect();
+            let client = redis::cluster::ClusterClient::new(nodes)
+                .with_context(|| format!("invalid Redis Cluster URL {url}"))?;
+            let con = tokio::time::timeout(net::CONNECT_TIMEOUT, client.get_async_connection())
+                .await
+                .with_context(|| format!("connecting to Redis Cluster at {url} timed out"))?
+                .with_context(|| format!("cannot connect to Redis Cluster at {url}"))?;
+            return Ok(Self::Cluster(con));
+        }
+        let urls: Vec<&str> = url.split_whitespace().collect();
+        if urls.len() > 1 {
+            let mut cons = Vec::with_capacity(urls.len());
+            for u in urls {
+                cons.push(one(u).await?);
+            }
+            return Ok(Self::Shards(cons));
+        }
+        Ok(Self::One(one(url).await?))
+    }
 }
 
 /// Opens every publishing connection before the measured phase.
@@ -140,15 +191,7 @@ impl Publishers {
                     .redis_url
                     .as_deref()
                     .context("--publish-via redis needs --redis-url")?;
-                let client =
-                    redis::Client::open(url).with_context(|| format!("invalid Redis URL {url}"))?;
-                let con = tokio::time::timeout(
-                    net::CONNECT_TIMEOUT,
-                    client.get_multiplexed_async_connection(),
-                )
-                .await
-                .with_context(|| format!("connecting to Redis at {url} timed out"))?
-                .with_context(|| format!("cannot connect to Redis at {url}"))?;
+                let con = RedisPub::connect(url).await?;
                 let script = Arc::new(redis::Script::new(herald_proto::redis::PUBLISH_SCRIPT));
                 for _ in 0..n {
                     conns.push(Conn::Redis(con.clone(), script.clone()));
@@ -285,18 +328,27 @@ async fn publish_one(conn: &mut Conn, channel: &str, data: &str, seq: u64) -> an
             let epoch: String = std::iter::repeat_with(fastrand::alphanumeric)
                 .take(12)
                 .collect();
-            let (_epoch, offset): (String, u64) = script
-                .key(herald_proto::redis::meta_key(channel))
-                .key(herald_proto::redis::pubsub_channel(channel))
+            let mut inv = script.key(herald_proto::redis::meta_key(channel));
+            inv.key(herald_proto::redis::pubsub_channel(channel))
                 .key(herald_proto::redis::history_key(channel))
                 .arg(epoch)
                 .arg(3600)
                 .arg(prefix)
                 .arg(100)
-                .arg(300)
-                .invoke_async(con)
-                .await
-                .context("Redis publish script")?;
+                .arg(300);
+            let res: redis::RedisResult<(String, u64)> = match con {
+                RedisPub::One(c) => inv.invoke_async(c).await,
+                RedisPub::Shards(cs) => {
+                    let n = cs.len();
+                    inv.invoke_async(&mut cs[herald_proto::redis::shard_of(channel, n)])
+                        .await
+                }
+                RedisPub::Cluster(c) => {
+                    inv.arg(herald_proto::redis::SHARDED);
+                    inv.invoke_async(c).await
+                }
+            };
+            let (_epoch, offset) = res.context("Redis publish script")?;
             Ok(offset)
         }
         Conn::Herald(ws) => {

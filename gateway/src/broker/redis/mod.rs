@@ -78,6 +78,10 @@ pub(crate) async fn start(
 /// for `rediss://` (the system roots when no CA file is given).
 fn client(cfg: &RedisConfig, url: &str) -> Result<redis::Client, BrokerError> {
     let bad_url = |e: redis::RedisError| BrokerError::Internal(format!("invalid Redis URL: {e}"));
+    // The TLS files serve `rediss://` URLs only: shards may mix both.
+    if !url.starts_with("rediss://") {
+        return redis::Client::open(url).map_err(bad_url);
+    }
     match tls_certificates(cfg)? {
         None => redis::Client::open(url).map_err(bad_url),
         Some(certs) => {
