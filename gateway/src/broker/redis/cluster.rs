@@ -25,7 +25,7 @@ use super::{probe_tls, redact, tls_certificates};
 use crate::broker::{BoxFuture, Broker, BrokerError, History, HistoryConfig, Position, Sink};
 use crate::config::RedisConfig;
 use crate::metrics::{BrokerOp, RedisCommand, metrics};
-use herald_proto::redis::pubsub_channel;
+use herald_proto::redis::{meta_key, pubsub_channel};
 use redis::cluster_async::ClusterConnection;
 use redis::{PushInfo, PushKind, Value};
 use serde_json::value::RawValue;
@@ -342,11 +342,29 @@ impl ClusterBroker {
         .await
     }
 
+    /// `SSUBSCRIBE` on the master owning `channel`'s slot.
+    ///
+    /// A replica accepts `SSUBSCRIBE` for its master's slots, so after a
+    /// failover the client's stale slot map would send it to the demoted
+    /// master, and the client drops its connection to a replica at its next
+    /// slot refresh, subscription and all, silently. A keyed read goes
+    /// first: the demoted master answers `MOVED`, and the client refreshes
+    /// its slot map before the `SSUBSCRIBE` is routed.
     async fn ssubscribe(
         &self,
         conn: &mut ClusterConnection,
         channel: &str,
     ) -> Result<(), BrokerError> {
+        let mut exists = redis::cmd("EXISTS");
+        exists.arg(meta_key(channel));
+        let locate = exists.query_async::<i64>(conn);
+        self.cmds
+            .call(
+                RedisCommand::Subscribe,
+                "locating a channel's shard",
+                locate,
+            )
+            .await?;
         self.cmds
             .call(
                 RedisCommand::Subscribe,
