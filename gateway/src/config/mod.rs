@@ -423,6 +423,7 @@ pub struct RedisConfig {
     /// Independent Redis instances (or Sentinel groups) to spread channels
     /// over by a stable hash, for those who do not run Redis Cluster. The
     /// order matters: it is the mapping.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub shards: Vec<String>,
     /// Expiry of a channel's epoch/offset key, refreshed by every publish and subscribe.
     #[serde(with = "duration_str")]
@@ -664,6 +665,24 @@ mod tests {
         });
         let shown = c.to_redacted_toml();
         assert!(!shown.contains("hunter3"), "{shown}");
+        // Shard and cluster URLs too.
+        let mut shards = c.clone();
+        shards.broker = BrokerConfig::Redis(RedisConfig {
+            shards: vec![
+                "redis://:hunter4@a:6379".into(),
+                "redis+sentinel://u:hunter5@s1:26379,s2:26379/m".into(),
+            ],
+            ..RedisConfig::default()
+        });
+        let shown_shards = shards.to_redacted_toml();
+        for secret in ["hunter4", "hunter5"] {
+            assert!(!shown_shards.contains(secret), "{secret}:\n{shown_shards}");
+        }
+        shards.broker = BrokerConfig::Redis(RedisConfig {
+            url: "redis+cluster://u:hunter6@a:7000,b:7001".into(),
+            ..RedisConfig::default()
+        });
+        assert!(!shards.to_redacted_toml().contains("hunter6"));
         assert!(
             shown.contains("rediss://:<redacted>@redis:6380/2"),
             "{shown}"
