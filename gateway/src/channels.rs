@@ -16,6 +16,10 @@ pub(crate) struct Rule {
     pub(crate) subscribe: SubscribeRule,
     pub(crate) client_emit: bool,
     pub(crate) history: HistoryConfig,
+    /// The backend's subscribe hook decides instead of `subscribe`.
+    pub(crate) subscribe_hook: bool,
+    /// Client emits go through the backend's publish hook.
+    pub(crate) publish_hook: bool,
 }
 
 /// Every channel rule of the node, resolved once at start-up.
@@ -91,7 +95,7 @@ pub(crate) fn matches(pattern: &str, channel: &str) -> bool {
 
 impl Rules {
     pub(crate) fn from_config(cfg: &Config) -> Self {
-        let open = !cfg.auth.enabled();
+        let open = cfg.open_mode();
         let base = cfg.broker.history();
         let resolve = |r: &ChannelRuleConfig| Rule {
             subscribe: r.subscribe,
@@ -100,6 +104,8 @@ impl Rules {
                 size: r.history_size.unwrap_or(base.size),
                 ttl: r.history_ttl.unwrap_or(base.ttl),
             },
+            subscribe_hook: r.subscribe_hook,
+            publish_hook: r.publish_hook,
         };
         Self {
             default: resolve(&cfg.channels),

@@ -15,6 +15,8 @@
 //! - `hub`: this node's channel → sessions index and fan-out; synchronous.
 //!   Each `publication` is shared by every subscriber and encoded once per
 //!   wire format.
+//! - `hooks`: HTTP calls to the backend at connect, subscribe, emit and
+//!   refresh, made by `session`.
 //! - `node`: first/last local subscriber ↔ broker subscribe/unsubscribe.
 //! - `broker`: publish + position assignment + history, atomic per channel;
 //!   `recovery` beside it decides what a returning client may replay.
@@ -30,6 +32,7 @@ mod broker;
 mod channels;
 pub mod clock;
 pub mod config;
+mod hooks;
 mod hub;
 mod metrics;
 mod node;

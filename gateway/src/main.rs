@@ -232,7 +232,7 @@ fn config_check(a: ServeArgs) -> std::process::ExitCode {
 }
 
 async fn serve(cfg: Config) -> anyhow::Result<()> {
-    let open_mode = !cfg.auth.enabled();
+    let open_mode = cfg.open_mode();
 
     let node_id = cfg.node_id.clone().unwrap_or_else(|| {
         let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)

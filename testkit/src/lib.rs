@@ -2,7 +2,7 @@
 //! tool's scenario tests: real `herald` processes ([`Herald`], [`Gateway`]),
 //! real `redis-server` processes ([`Redis`], [`Sentinels`],
 //! [`RedisCluster`]), a protocol-speaking WebSocket client ([`Client`]) and
-//! raw HTTP helpers.
+//! raw HTTP helpers, and helper HTTP processes ([`Backend`]).
 //!
 //! Servers bind port 0 and report the port they got; `redis-server` cannot,
 //! so it takes a random port outside the kernel's ephemeral range and moves
@@ -10,12 +10,14 @@
 //! drops. Waits are on observable conditions ([`eventually`]), never on a
 //! fixed delay.
 
+mod backend;
 mod client;
 mod http;
 mod node;
 mod redis;
 mod tls;
 
+pub use backend::Backend;
 pub use client::{Client, Event};
 pub use http::{http, http_get, http_post, http_post_key, http_post_raw};
 pub use node::{Gateway, Herald};

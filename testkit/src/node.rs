@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The `herald` executable under test. The gateway's tests give
@@ -69,15 +69,8 @@ impl Herald {
                 s.push('\n');
             }
         });
-        // The first stdout line names the ports; the rest is drained so the
-        // node never writes to a full or closed pipe.
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(out).lines();
-            let _ = tx.send(lines.next().and_then(Result::ok));
-            for _ in lines {}
-        });
+        // The first stdout line names the ports.
+        let rx = crate::backend::first_line(child.stdout.take().expect("stdout"));
         let line = match rx.recv_timeout(TIMEOUT) {
             Ok(Some(line)) => line,
             outcome => {

@@ -49,6 +49,8 @@ pub struct Config {
     pub session: SessionConfig,
     pub broker: BrokerConfig,
     pub auth: AuthConfig,
+    /// HTTP calls to the backend at connect, subscribe, publish and refresh.
+    pub hooks: HooksConfig,
     /// Rules for channels outside any configured namespace.
     pub channels: ChannelRuleConfig,
     /// Per-namespace rules: the part of a channel name before its first `:`.
@@ -67,6 +69,7 @@ impl Default for Config {
             session: SessionConfig::default(),
             broker: BrokerConfig::Memory(MemoryConfig::default()),
             auth: AuthConfig::default(),
+            hooks: HooksConfig::default(),
             channels: ChannelRuleConfig::default(),
             namespaces: BTreeMap::new(),
         }
@@ -132,6 +135,13 @@ impl AuthConfig {
     }
 }
 
+impl Config {
+    /// Open development mode: neither JWTs nor a connect hook say who connects.
+    pub fn open_mode(&self) -> bool {
+        !self.auth.enabled() && self.hooks.connect_url.is_none()
+    }
+}
+
 /// Signature algorithms a key can be pinned to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 pub enum JwtAlgorithm {
@@ -152,6 +162,69 @@ pub struct ChannelRuleConfig {
     /// Overrides the broker's history TTL for these channels.
     #[serde(with = "opt_duration_str")]
     pub history_ttl: Option<Duration>,
+    /// Ask the backend (`hooks.subscribe_url`) whether a client may subscribe
+    /// here, instead of these rules.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub subscribe_hook: bool,
+    /// Send client emits here to the backend (`hooks.publish_url`), which
+    /// may allow, refuse or rewrite them.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub publish_hook: bool,
+}
+
+/// Proxy hooks: the backend decides, over HTTP, who connects (and as whom),
+/// who subscribes where, what clients publish, and how long a connection
+/// lives (`docs/hooks.md`). Each URL is optional; unset = no hook.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HooksConfig {
+    /// Called at `connect` for connections without a JWT (every connection
+    /// with `connect_always`); its answer names the user.
+    pub connect_url: Option<String>,
+    /// Called at `subscribe` on channels of namespaces with `subscribe_hook = true`.
+    pub subscribe_url: Option<String>,
+    /// Called at `emit` on channels of namespaces with `publish_hook = true`.
+    pub publish_url: Option<String>,
+    /// Called at a `refresh` without a token; its answer moves the expiry.
+    pub refresh_url: Option<String>,
+    /// Time the backend has to answer; past it the call fails closed.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// Client request headers (lower-case names) sent to the backend with every call.
+    pub forward_headers: Vec<String>,
+    /// Send every connection to `connect_url`, even those presenting a JWT
+    /// (the token is passed along).
+    pub connect_always: bool,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        Self {
+            connect_url: None,
+            subscribe_url: None,
+            publish_url: None,
+            refresh_url: None,
+            timeout: Duration::from_secs(1),
+            forward_headers: ["cookie", "authorization", "user-agent", "origin"]
+                .map(str::to_owned)
+                .to_vec(),
+            connect_always: false,
+        }
+    }
+}
+
+impl HooksConfig {
+    /// Every configured URL with its key, for validation.
+    pub(crate) fn urls(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            ("hooks.connect_url", &self.connect_url),
+            ("hooks.subscribe_url", &self.subscribe_url),
+            ("hooks.publish_url", &self.publish_url),
+            ("hooks.refresh_url", &self.refresh_url),
+        ]
+        .into_iter()
+        .filter_map(|(k, u)| u.as_deref().map(|u| (k, u)))
+    }
 }
 
 /// Who may subscribe.

@@ -70,6 +70,7 @@ impl Config {
         self.check_session(&mut p);
         self.check_broker(&mut p);
         self.check_exposure(&mut p);
+        self.check_hooks(&mut p);
         let srv = &self.server;
         p.check(
             srv.header_timeout >= Duration::from_millis(100)
@@ -328,6 +329,58 @@ impl Config {
         });
     }
 
+    fn check_hooks(&self, p: &mut Problems) {
+        let h = &self.hooks;
+        for (key, url) in h.urls() {
+            if let Err(e) = check_hook_url(url) {
+                p.add("hooks", format!("{key}: {e} (got {url:?})"));
+            }
+        }
+        p.check(
+            h.timeout >= Duration::from_millis(1) && h.timeout <= Duration::from_secs(60),
+            "hooks",
+            || {
+                format!(
+                    "hooks.timeout must be between 1ms and 1m, got {:?}",
+                    h.timeout
+                )
+            },
+        );
+        p.check(h.forward_headers.len() <= 32, "hooks", || {
+            "hooks.forward_headers: at most 32 headers".to_owned()
+        });
+        for name in &h.forward_headers {
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            p.check(ok, "hooks", || {
+                format!("hooks.forward_headers: {name:?} is not a lower-case header name")
+            });
+        }
+        p.check(
+            !h.connect_always || h.connect_url.is_some(),
+            "hooks",
+            || "hooks.connect_always needs hooks.connect_url".to_owned(),
+        );
+        let rules = std::iter::once(("channels".to_owned(), &self.channels)).chain(
+            self.namespaces
+                .iter()
+                .map(|(n, r)| (format!("namespaces.{n}"), r)),
+        );
+        for (name, r) in rules {
+            p.check(
+                !r.subscribe_hook || h.subscribe_url.is_some(),
+                "hooks",
+                || format!("{name}.subscribe_hook needs hooks.subscribe_url"),
+            );
+            p.check(!r.publish_hook || h.publish_url.is_some(), "hooks", || {
+                format!("{name}.publish_hook needs hooks.publish_url")
+            });
+        }
+    }
+
     /// Who can reach what: open mode and an unkeyed publish API stay on loopback
     /// unless the operator says otherwise.
     fn check_exposure(&self, p: &mut Problems) {
@@ -348,7 +401,7 @@ impl Config {
             );
         }
         let srv = &self.server;
-        let open_mode = !self.auth.enabled();
+        let open_mode = self.open_mode();
         if open_mode && !srv.allow_open {
             // The admin listener is fine anywhere once the API needs keys
             // (its probes and metrics are meant to be scraped).
@@ -384,6 +437,18 @@ impl Config {
             "server.admin_listen must differ from server.listen".to_owned()
         });
     }
+}
+
+/// A hook URL: plain `http://host[:port]/path` (no TLS client here).
+fn check_hook_url(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    if uri.scheme_str() != Some("http") {
+        return Err("must start with http:// (https is not supported; put a TLS proxy on loopback in front)".to_owned());
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("has no host".to_owned());
+    }
+    Ok(())
 }
 
 /// What kind of Redis a URL names.

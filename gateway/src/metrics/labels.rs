@@ -348,3 +348,38 @@ labels! {
         Socketio => "socketio",
     }
 }
+
+labels! {
+    /// Which proxy hook was called.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Hook {
+        Connect => "connect",
+        Subscribe => "subscribe",
+        Publish => "publish",
+        Refresh => "refresh",
+    }
+}
+
+impl Hook {
+    /// The hook's name, for logs.
+    pub(crate) fn name(self) -> &'static str {
+        self.label()
+    }
+}
+
+labels! {
+    /// How a proxy hook call ended.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum HookOutcome {
+        /// The backend allowed the command as sent.
+        Allow => "allow",
+        /// The backend refused.
+        Deny => "deny",
+        /// The backend allowed a publication with other data or event.
+        Rewrite => "rewrite",
+        /// No answer within `hooks.timeout`.
+        Timeout => "timeout",
+        /// Unreachable, a non-2xx status or an answer that does not decode.
+        Error => "error",
+    }
+}

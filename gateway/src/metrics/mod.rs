@@ -10,8 +10,8 @@ mod labels;
 use herald_proto::{CloseCode, ErrorCode};
 pub(crate) use labels::{
     AcceptError, ApiRoute, ApiStatus, AuthFailure, AuthKind, BrokerOp, DenialAction, DenialReason,
-    DropReason, Ended, Label, PollMethod, PollOutcome, Protocol, RedisCommand, RedisResult,
-    RefuseReason, Reload, ResetReason, Source, TimeoutStage, UpgradeOutcome, labels,
+    DropReason, Ended, Hook, HookOutcome, Label, PollMethod, PollOutcome, Protocol, RedisCommand,
+    RedisResult, RefuseReason, Reload, ResetReason, Source, TimeoutStage, UpgradeOutcome, labels,
 };
 
 use prometheus::{
@@ -105,6 +105,10 @@ pub(crate) struct Metrics {
     redis_subscriptions: IntGaugeVec,
     /// API request latency, by `route` and `status`.
     api_duration: HistogramVec,
+    /// Proxy hook calls, by `hook` and `outcome`.
+    hook_requests: IntCounterVec,
+    /// Proxy hook call latency, by `hook`.
+    hook_duration: HistogramVec,
     /// Children resolved once for per-publication paths (no label lookup there).
     pub(crate) hot: Hot,
 }
@@ -483,6 +487,19 @@ impl Metrics {
                 &["route", "status"],
                 seconds(),
             ),
+            hook_requests: counter_vec(
+                &r,
+                "herald_hook_requests_total",
+                "Proxy hook calls to the backend by hook and outcome.",
+                &["hook", "outcome"],
+            ),
+            hook_duration: histogram_vec(
+                &r,
+                "herald_hook_duration_seconds",
+                "Proxy hook call latency by hook (timeouts included).",
+                &["hook"],
+                seconds(),
+            ),
             hot: Hot {
                 published_api: published.with_label_values(&["api"]),
                 published_client: published.with_label_values(&["client"]),
@@ -512,6 +529,9 @@ impl Metrics {
         drop(self.shard(0));
         for (r, st) in pairs::<ApiRoute, ApiStatus>() {
             self.api_duration.with_label_values(&[r, st]);
+        }
+        for h in labels_of::<Hook>() {
+            self.hook_duration.with_label_values(&[h]);
         }
     }
 
@@ -571,6 +591,7 @@ impl Metrics {
             (&self.denials, pairs::<DenialAction, DenialReason>()),
             (&self.api_requests, pairs::<ApiRoute, ApiStatus>()),
             (&self.polling_requests, pairs::<PollMethod, PollOutcome>()),
+            (&self.hook_requests, pairs::<Hook, HookOutcome>()),
         ]
     }
 
@@ -697,6 +718,16 @@ impl Metrics {
     pub(crate) fn auth(&self, kind: AuthKind, outcome: Result<(), AuthFailure>) {
         let o = outcome.err().map_or(OK, Label::label);
         self.auth.with_label_values(&[kind.label(), o]).inc();
+    }
+
+    /// A proxy hook call: how it ended and how long it took.
+    pub(crate) fn hook(&self, hook: Hook, outcome: HookOutcome, took: std::time::Duration) {
+        self.hook_requests
+            .with_label_values(&[hook.label(), outcome.label()])
+            .inc();
+        self.hook_duration
+            .with_label_values(&[hook.label()])
+            .observe(took.as_secs_f64());
     }
 
     pub(crate) fn denial(&self, action: DenialAction, reason: DenialReason) {
@@ -875,6 +906,15 @@ mod tests {
                     "auth {k:?} {o}"
                 );
             }
+        }
+        for (h, o) in pairs::<Hook, HookOutcome>() {
+            assert!(has(
+                "herald_hook_requests_total",
+                &[("hook", h), ("outcome", o)]
+            ));
+        }
+        for h in labels_of::<Hook>() {
+            assert!(has("herald_hook_duration_seconds_bucket", &[("hook", h)]));
         }
         for (a, r) in pairs::<DenialAction, DenialReason>() {
             assert!(has(

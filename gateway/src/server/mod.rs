@@ -24,6 +24,7 @@ use crate::broker::memory::MemoryBroker;
 use crate::broker::{Broker, BrokerError};
 use crate::channels::Rules;
 use crate::config::{BrokerConfig, Config};
+use crate::hooks::{ClientHeaders, Hooks};
 use crate::hub::Hub;
 use crate::metrics::{PollMethod, PollOutcome, RefuseReason, metrics};
 use crate::node::Node;
@@ -155,6 +156,7 @@ impl Server {
             drain: cfg.server.drain_timeout,
             auth,
             users: UserConnections::new(cfg.auth.max_connections_per_user),
+            hooks: Hooks::from_config(&cfg.hooks, &node.id).map(Arc::new),
         });
         let bind = |addr: SocketAddr| async move {
             listen(addr).map_err(|source| ServerError::Bind { addr, source })
@@ -407,7 +409,8 @@ async fn socketio_get(
                     metrics().polling(PollMethod::Open, PollOutcome::Refused);
                     return r;
                 }
-                let (open, driver) = st.polls.open(st.sessions.clone());
+                let hooked = client_headers(&st, &headers);
+                let (open, driver) = st.polls.open(st.sessions.clone(), hooked);
                 st.tracker.spawn(driver);
                 Answer::Body(open)
             }
@@ -573,6 +576,15 @@ fn refuse_new(st: &AppState, headers: &axum::http::HeaderMap, count: bool) -> Op
     None
 }
 
+/// The request headers the proxy hooks forward (none without hooks).
+fn client_headers(st: &AppState, headers: &axum::http::HeaderMap) -> ClientHeaders {
+    st.sessions
+        .hooks
+        .as_ref()
+        .map(|h| h.capture(headers))
+        .unwrap_or_default()
+}
+
 /// Admits a WebSocket upgrade (drain, origin, connection limits) and runs
 /// the session in `protocol` on it.
 fn upgrade_to(
@@ -642,12 +654,13 @@ fn upgrade_to(
     // The socket's charges now last as long as the session.
     let charges = client.and_then(|axum::Extension(c)| c.charges.take());
     let ctx = st.sessions.clone();
+    let hooked = client_headers(&st, &headers);
     st.tracker.spawn(async move {
         let _held = (charges, behind_proxy);
         match fut.await {
             Ok(ws) => match protocol {
-                Protocol::Herald => transport::ws::run(ws.into_inner(), ctx).await,
-                Protocol::SocketIo => transport::socketio::run(ws.into_inner(), ctx).await,
+                Protocol::Herald => transport::ws::run(ws.into_inner(), ctx, hooked).await,
+                Protocol::SocketIo => transport::socketio::run(ws.into_inner(), ctx, hooked).await,
                 Protocol::SocketIoUpgrade(h) => {
                     transport::socketio::polling::upgrade(ws.into_inner(), ctx, h).await
                 }

@@ -1,7 +1,9 @@
 //! `connect`: authentication, the per-user limit, and the `connected` reply.
 //!
 //! Part of the session core. A connect with `resume` continues in
-//! [`super::resume`].
+//! [`super::resume`]. A connection without a JWT (or every connection, with
+//! `hooks.connect_always`) is authenticated by the backend's connect hook
+//! instead, which may also name channels to subscribe it to.
 
 use super::Session;
 use crate::auth::{AuthError, Identity};
@@ -19,21 +21,126 @@ impl Session {
             user = tracing::field::Empty,
             resume = cmd.resume.is_some()
         );
-        let entered = span.enter();
-        if !self.authenticate(id, cmd.token.as_deref()) {
-            return;
-        }
+        let token = cmd.token.as_deref();
+        let hooked = self
+            .ctx
+            .hooks
+            .as_ref()
+            .is_some_and(|h| h.connect_applies(token.is_some(), self.ctx.auth.is_some()));
+        let channels = if hooked {
+            match self.connect_hook(id, token).instrument(span.clone()).await {
+                Some(channels) => channels,
+                None => return,
+            }
+        } else {
+            if !span.in_scope(|| self.authenticate(id, token)) {
+                return;
+            }
+            Vec::new()
+        };
         span.record("user", self.identity.user.as_str());
         self.shared.connected.store(true, Ordering::Release);
-        drop(entered);
         match cmd.resume.as_deref() {
             Some(t) => {
                 self.resume(id, t, cmd.positions.as_ref())
-                    .instrument(span)
+                    .instrument(span.clone())
                     .await
             }
             None => self.reply_connected(id, None, None),
         }
+        if !channels.is_empty() {
+            self.subscribe_granted(channels).instrument(span).await;
+        }
+    }
+
+    /// Asks the connect hook who this is. On refusal or failure answers,
+    /// closes, and returns `None`; else the channels the backend wants the
+    /// connection subscribed to.
+    async fn connect_hook(&mut self, id: Option<u64>, token: Option<&str>) -> Option<Vec<String>> {
+        let hooks = self.ctx.hooks.clone()?;
+        let answer = match hooks.connect(&self.caller(), token).await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::debug!(reason = %e, "connect hook refused");
+                match e.connect_refusal() {
+                    Some((close, code)) => {
+                        self.error(id, code, &e.to_string(), None);
+                        self.link.close(close);
+                    }
+                    // Fail closed, but tell the client to come back.
+                    None => {
+                        self.error(id, ErrorCode::Unavailable, &e.to_string(), None);
+                        self.link
+                            .close_with(CloseCode::Shutdown, "backend unavailable");
+                    }
+                }
+                return None;
+            }
+        };
+        if !answer.user.is_empty() {
+            let Some(slot) = self.ctx.users.admit(&answer.user) else {
+                self.refuse_per_user(id, &answer.user);
+                return None;
+            };
+            self._slot = Some(slot);
+        }
+        self.set_identity(Identity {
+            user: answer.user,
+            channels: Vec::new(),
+            expires: answer.expire_at,
+        });
+        Some(answer.channels)
+    }
+
+    /// Subscribes to channels the backend granted at connect, each answered
+    /// with a `subscribed` frame without an `id`.
+    async fn subscribe_granted(&mut self, channels: Vec<String>) {
+        for ch in channels {
+            if herald_proto::validate_channel(&ch).is_err() {
+                tracing::warn!(channel = %ch, "connect hook named an invalid channel; skipped");
+                continue;
+            }
+            if self.subs.contains(ch.as_str()) {
+                continue;
+            }
+            if self.subs.len() >= self.ctx.cfg.max_subscriptions {
+                tracing::warn!("connect hook named more channels than max_subscriptions");
+                break;
+            }
+            let joined = match self.ctx.node.subscribe(&ch, &self.link).await {
+                Ok(j) => j,
+                Err(e) => {
+                    self.error(None, ErrorCode::Unavailable, &e.to_string(), Some(&ch));
+                    continue;
+                }
+            };
+            self.subs.insert(ch.as_str().into());
+            // Granted like a subscribe token: a resume keeps it.
+            self.granted.insert(ch.as_str().into());
+            let token = self.token();
+            self.reply(&Reply::Subscribed {
+                id: None,
+                channel: &ch,
+                epoch: &joined.start.epoch,
+                offset: joined.start.offset,
+                recovered: None,
+                reconnect_token: token.as_deref(),
+            });
+            joined.release(Vec::new());
+        }
+    }
+
+    /// Refuses a user at the per-node connection limit, and closes.
+    fn refuse_per_user(&self, id: Option<u64>, user: &str) {
+        metrics().refused(RefuseReason::PerUser);
+        tracing::info!(user = %user, "user is at the per-node connection limit");
+        self.error(
+            id,
+            ErrorCode::TooManyConnections,
+            "this user already has the most connections allowed on this node",
+            None,
+        );
+        self.link.close(CloseCode::TooManyConnections);
     }
 
     /// Checks the connection token (when auth is configured) and the user's
@@ -64,15 +171,7 @@ impl Session {
         };
         m.auth(AuthKind::Connect, Ok(()));
         let Some(slot) = self.ctx.users.admit(&identity.user) else {
-            m.refused(RefuseReason::PerUser);
-            tracing::info!(user = %identity.user, "user is at the per-node connection limit");
-            self.error(
-                id,
-                ErrorCode::TooManyConnections,
-                "this user already has the most connections allowed on this node",
-                None,
-            );
-            self.link.close(CloseCode::TooManyConnections);
+            self.refuse_per_user(id, &identity.user);
             return false;
         };
         self._slot = Some(slot);

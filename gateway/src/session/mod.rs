@@ -26,6 +26,7 @@ pub(crate) mod timers;
 use crate::auth::{Auth, Identity, UserConnections, UserSlot};
 use crate::channels::Rules;
 use crate::config::SessionConfig;
+use crate::hooks::{Caller, ClientHeaders, Hooks};
 use crate::hub::{Ending, SessionLink};
 use crate::metrics::{Ended, metrics};
 use crate::node::Node;
@@ -58,6 +59,8 @@ pub(crate) struct SessionCtx {
     /// Every live session's link, so a scrape can sum their queued bytes
     /// without the delivery path touching a shared counter.
     pub(crate) links: Links,
+    /// The backend's proxy hooks; `None` when none is configured.
+    pub(crate) hooks: Option<Arc<Hooks>>,
 }
 
 /// The links of this node's live sessions, sharded by id.
@@ -123,6 +126,8 @@ pub(crate) struct Session {
     /// This connection's place in its user's per-node limit.
     _slot: Option<UserSlot>,
     bucket: Bucket,
+    /// The client's request headers the hooks forward (empty without hooks).
+    headers: ClientHeaders,
 }
 
 /// A session just opened: the core, and what its transport's writer needs.
@@ -135,7 +140,13 @@ pub(crate) struct Opened {
 
 impl Session {
     /// Opens a session speaking `wire`: its queue, its link, its counters.
+    #[cfg(test)]
     pub(crate) fn open(ctx: Arc<SessionCtx>, wire: Wire) -> Opened {
+        Self::open_with(ctx, wire, ClientHeaders::default())
+    }
+
+    /// Opens a session, with the client's request headers for the hooks.
+    pub(crate) fn open_with(ctx: Arc<SessionCtx>, wire: Wire, headers: ClientHeaders) -> Opened {
         let m = metrics();
         m.connections.get(wire.protocol()).inc();
         m.accepted.inc();
@@ -160,6 +171,7 @@ impl Session {
             identity: Identity::default(),
             granted: HashSet::new(),
             _slot: None,
+            headers,
         };
         Opened {
             session,
@@ -253,7 +265,7 @@ impl Session {
                 );
                 Box::pin(self.subscribe(&cmd).instrument(span)).await
             }
-            Op::Refresh => self.refresh(id, cmd.token.as_deref()),
+            Op::Refresh => Box::pin(self.refresh(id, cmd.token.as_deref())).await,
             Op::Unsubscribe => Box::pin(self.unsubscribe(id, cmd.channel.as_deref())).await,
             Op::Emit => {
                 let span = tracing::info_span!("emit", session = %self.session);
@@ -301,6 +313,19 @@ impl Session {
             return None;
         }
         Some(ch)
+    }
+
+    /// The session as the hooks describe it to the backend.
+    fn caller(&self) -> Caller<'_> {
+        Caller {
+            session: &self.session,
+            transport: match self.wire {
+                Wire::Herald => "websocket",
+                Wire::SocketIo => "socketio",
+            },
+            headers: &self.headers,
+            user: Some(self.identity.user.as_str()).filter(|u| !u.is_empty()),
+        }
     }
 
     /// A reconnect token for the session as it stands now.

@@ -1,14 +1,39 @@
 //! `refresh`: a new connection token for the same user extends the connection.
 //!
 //! Part of the session core; the expiry itself is enforced by [`super::timers`].
+//! A `refresh` without a token (or on a node without JWTs) asks the
+//! backend's refresh hook for the new expiry, when one is configured.
 
 use super::Session;
 use crate::auth::AuthError;
 use crate::metrics::{AuthKind, metrics};
 use herald_proto::{ErrorCode, Reply};
+use std::sync::atomic::Ordering;
+use tracing::Instrument;
 
 impl Session {
-    pub(super) fn refresh(&mut self, id: Option<u64>, token: Option<&str>) {
+    pub(super) async fn refresh(&mut self, id: Option<u64>, token: Option<&str>) {
+        if let Some(hooks) = self.ctx.hooks.clone().filter(|h| h.refreshes()) {
+            if token.is_none() || self.ctx.auth.is_none() {
+                let span = tracing::info_span!("refresh", session = %self.session);
+                let answer = hooks.refresh(&self.caller()).instrument(span).await;
+                return match answer {
+                    Ok(a) => {
+                        self.shared.expires_at.store(a.expire_at, Ordering::Release);
+                        self.identity.expires = Some(a.expire_at);
+                        self.reply(&Reply::Refreshed {
+                            id,
+                            expires_at: a.expire_at,
+                        });
+                    }
+                    Err(e) => {
+                        // The connection keeps its current expiry.
+                        let code = e.error_code(ErrorCode::Unauthorized);
+                        self.error(id, code, &e.to_string(), None);
+                    }
+                };
+            }
+        }
         let Some(auth) = self.ctx.auth.clone() else {
             return self.error(
                 id,

@@ -3,10 +3,13 @@
 //! Part of the session core. Subscribing joins the channel *held* through
 //! `node`, reads what the client missed from history (all or nothing, see
 //! `recovery`), queues the `subscribed` reply, then releases the join: the
-//! replay, then what arrived meanwhile, then live publications.
+//! replay, then what arrived meanwhile, then live publications. In
+//! namespaces with `subscribe_hook`, the backend's subscribe hook decides
+//! who may subscribe.
 
 use super::Session;
 use crate::broker::Position;
+use crate::hooks::HookError;
 use crate::metrics::{AuthKind, DenialAction, DenialReason, metrics};
 use crate::publication::Publication;
 use crate::recovery::{self, Refusal};
@@ -19,9 +22,15 @@ impl Session {
         let Some(ch) = self.channel(id, cmd.channel.as_deref()) else {
             return;
         };
-        let by_token = match self.may_subscribe(ch, cmd.token.as_deref()) {
-            Ok(by_token) => by_token,
-            Err(msg) => return self.error(id, ErrorCode::Forbidden, &msg, Some(ch)),
+        // In a namespace with `subscribe_hook`, the backend decides instead
+        // of the rules; what it allows is kept like a subscribe token's grant.
+        let hooked = self.ctx.rules.rule(ch).subscribe_hook;
+        let by_token = match hooked {
+            true => true,
+            false => match self.may_subscribe(ch, cmd.token.as_deref()) {
+                Ok(by_token) => by_token,
+                Err(msg) => return self.error(id, ErrorCode::Forbidden, &msg, Some(ch)),
+            },
         };
         let already = self.subs.contains(ch);
         if !already && self.subs.len() >= self.ctx.cfg.max_subscriptions {
@@ -30,6 +39,16 @@ impl Session {
                 self.subs.len()
             );
             return self.error(id, ErrorCode::TooManySubscriptions, &msg, Some(ch));
+        }
+        if hooked && !already {
+            let allowed = match self.ctx.hooks.clone() {
+                Some(h) => h.subscribe(&self.caller(), ch, cmd.data).await,
+                None => Err(HookError::Unreachable),
+            };
+            if let Err(e) = allowed {
+                let code = e.error_code(ErrorCode::Forbidden);
+                return self.error(id, code, &e.to_string(), Some(ch));
+            }
         }
         let joined = match self.ctx.node.subscribe(ch, &self.link).await {
             Ok(j) => j,

@@ -36,6 +36,7 @@ pub(crate) fn ctx_with(cfg: SessionConfig, auth: Option<AuthConfig>) -> Arc<Sess
         auth,
         users: UserConnections::new(64),
         links: Links::default(),
+        hooks: None,
     })
 }
 

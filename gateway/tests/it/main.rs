@@ -14,6 +14,7 @@ mod connections;
 mod dashboard;
 mod docs_examples;
 mod fuzz_corpus;
+mod hooks;
 mod hostile;
 mod recovery;
 mod redis_cluster;

@@ -34,6 +34,7 @@ pub(crate) mod polling;
 
 use super::ws::write::{Framing, push_frame};
 use super::ws::{Inbound, OpenedParts};
+use crate::hooks::ClientHeaders;
 use crate::hub::{Ending, SessionLink};
 use crate::publication::{Outbound, Wire};
 use crate::session::{Session, SessionCtx};
@@ -47,12 +48,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Runs one Socket.IO WebSocket connection (after the upgrade) to its end.
-pub(crate) async fn run<S>(io: S, ctx: Arc<SessionCtx>)
+pub(crate) async fn run<S>(io: S, ctx: Arc<SessionCtx>, headers: ClientHeaders)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (framing, inbound) = halves(false);
-    super::ws::serve(io, ctx, Wire::SocketIo, framing, inbound).await;
+    super::ws::serve(io, ctx, Wire::SocketIo, headers, framing, inbound).await;
 }
 
 /// The writing and reading halves of one Engine.IO session, sharing its
@@ -513,7 +514,7 @@ mod tests {
 
     fn pair() -> WebSocket<DuplexStream> {
         let ctx = ctx_with(crate::config::SessionConfig::default(), None);
-        client(|io| run(io, ctx))
+        client(|io| run(io, ctx, ClientHeaders::default()))
     }
 
     async fn recv(ws: &mut WebSocket<DuplexStream>) -> String {
@@ -567,7 +568,7 @@ mod tests {
             ..Default::default()
         };
         let ctx = ctx_with(cfg, None);
-        let mut ws = client(|io| run(io, ctx));
+        let mut ws = client(|io| run(io, ctx, ClientHeaders::default()));
         recv(&mut ws).await;
         for _ in 0..4 {
             send(&mut ws, "40/a,b,").await;
@@ -596,7 +597,7 @@ mod tests {
             ..Default::default()
         };
         let ctx = ctx_with(cfg, None);
-        let mut ws = client(|io| run(io, ctx));
+        let mut ws = client(|io| run(io, ctx, ClientHeaders::default()));
         let open = recv(&mut ws).await;
         assert!(
             open.contains(r#""pingInterval":100,"pingTimeout":50"#),
@@ -633,7 +634,7 @@ mod tests {
         let ctx = ctx_with(crate::config::SessionConfig::default(), None);
         let start = |ctx: &Arc<SessionCtx>| {
             let ctx = Arc::clone(ctx);
-            client(|io| run(io, ctx))
+            client(|io| run(io, ctx, ClientHeaders::default()))
         };
         let mut a = start(&ctx);
         recv(&mut a).await;

@@ -170,8 +170,9 @@ impl Polls {
     pub(crate) fn open(
         self: &Arc<Self>,
         ctx: Arc<SessionCtx>,
+        headers: crate::hooks::ClientHeaders,
     ) -> (Vec<u8>, impl Future<Output = ()> + Send + 'static) {
-        let opened = Session::open(Arc::clone(&ctx), Wire::SocketIo);
+        let opened = Session::open_with(Arc::clone(&ctx), Wire::SocketIo, headers);
         let suffix: String = std::iter::repeat_with(fastrand::alphanumeric)
             .take(20)
             .collect();
@@ -578,7 +579,7 @@ mod tests {
     fn start(cfg: SessionConfig) -> (Arc<Polls>, Arc<SessionCtx>, String) {
         let ctx = ctx_with(cfg, None);
         let polls = Polls::new("node 1/é");
-        let (open, driver) = polls.open(Arc::clone(&ctx));
+        let (open, driver) = polls.open(Arc::clone(&ctx), Default::default());
         tokio::spawn(driver);
         let open = String::from_utf8(open).expect("utf8");
         assert!(open.contains(r#""upgrades":["websocket"]"#), "{open}");

@@ -17,6 +17,7 @@
 pub(crate) mod read;
 pub(crate) mod write;
 
+use crate::hooks::ClientHeaders;
 use crate::hub::{Ending, SessionLink};
 use crate::publication::Wire;
 use crate::session::{Opened, Session, SessionCtx};
@@ -32,11 +33,11 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use write::{HeraldFraming, Writer};
 
 /// Runs one WebSocket connection (after the upgrade) to its end.
-pub(crate) async fn run<S>(io: S, ctx: Arc<SessionCtx>)
+pub(crate) async fn run<S>(io: S, ctx: Arc<SessionCtx>, headers: ClientHeaders)
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    serve(io, ctx, Wire::Herald, HeraldFraming, HeraldInbound).await;
+    serve(io, ctx, Wire::Herald, headers, HeraldFraming, HeraldInbound).await;
 }
 
 /// What a protocol over WebSocket does with the client's data messages;
@@ -81,11 +82,13 @@ impl Inbound for HeraldInbound {
 }
 
 /// Runs one connection of any protocol over WebSocket to its end: the
-/// reader here, the writer in its own task with `framing`.
+/// reader here, the writer in its own task with `framing`. `headers`: the
+/// upgrade request's, for the session's hooks.
 pub(crate) async fn serve<S, F, I>(
     io: S,
     ctx: Arc<SessionCtx>,
     wire: Wire,
+    headers: ClientHeaders,
     framing: F,
     mut inbound: I,
 ) where
@@ -93,7 +96,7 @@ pub(crate) async fn serve<S, F, I>(
     F: write::Framing,
     I: Inbound,
 {
-    let opened = Session::open(Arc::clone(&ctx), wire);
+    let opened = Session::open_with(Arc::clone(&ctx), wire, headers);
     inbound.opened(&opened.link, &ctx);
     serve_opened(io, ctx, opened, framing, inbound).await;
 }
@@ -298,7 +301,7 @@ pub(crate) mod tests {
 
     fn pair() -> WebSocket<DuplexStream> {
         let ctx = ctx_with(crate::config::SessionConfig::default(), None);
-        client(|io| run(io, ctx))
+        client(|io| run(io, ctx, ClientHeaders::default()))
     }
 
     /// Sends one text message.
