@@ -30,6 +30,7 @@ pub(crate) struct ApiState {
     pub(crate) max_payload: usize,
     /// SHA-256 of every accepted API key; empty = no API auth (development).
     pub(crate) keys: Arc<[[u8; 32]]>,
+    pub(crate) presence: Arc<crate::presence::Presence>,
 }
 
 impl ApiState {
@@ -186,6 +187,7 @@ fn request_span(name: &'static str, headers: &HeaderMap) -> tracing::Span {
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     let span = match name {
         "api_broadcast" => tracing::info_span!("api_broadcast", status = tracing::field::Empty),
+        "api_presence" => tracing::info_span!("api_presence", status = tracing::field::Empty),
         _ => tracing::info_span!("api_publish", status = tracing::field::Empty),
     };
     // Fails only when no OpenTelemetry layer is installed; nothing to continue then.
@@ -230,6 +232,97 @@ async fn publish_inner(st: &ApiState, body: Body) -> Result<Published, ApiError>
         epoch: pos.epoch.to_string(),
         offset: pos.offset,
     })
+}
+
+/// `GET /api/v1/presence?channel=CH` → `{"channel","clients":[...],"users"}`
+/// (the cluster-wide list; `&stats` leaves the list out, for the counts only).
+pub(crate) async fn presence(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let started = std::time::Instant::now();
+    let span = request_span("api_presence", &headers);
+    let res = match st.authorize(&headers) {
+        Ok(()) => {
+            presence_inner(&st, query.as_deref().unwrap_or(""))
+                .instrument(span.clone())
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    let resp = match res {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    };
+    record(ApiRoute::Presence, resp.status(), started);
+    span.record("status", resp.status().as_u16());
+    resp
+}
+
+async fn presence_inner(st: &ApiState, query: &str) -> Result<serde_json::Value, ApiError> {
+    let mut channel = None;
+    let mut stats = false;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "channel" => {
+                let v = percent_decode(v).ok_or_else(|| {
+                    ApiError::BadRequest("channel is not valid percent-encoded UTF-8".into())
+                })?;
+                channel = Some(v);
+            }
+            "stats" => stats = true,
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown query parameter {other:?}: expected channel (and stats)"
+                )));
+            }
+        }
+    }
+    let channel = channel.ok_or_else(|| ApiError::BadRequest("missing ?channel=".into()))?;
+    validate_channel(&channel).map_err(ApiError::BadRequest)?;
+    if !st.presence.enabled(&channel) {
+        return Err(ApiError::BadRequest(
+            "this channel's namespace keeps no presence (presence = true in its rules)".into(),
+        ));
+    }
+    let clients = st.presence.list(&channel).await?;
+    let users: std::collections::HashSet<&str> = clients.iter().map(|c| c.user.as_str()).collect();
+    let mut out = serde_json::json!({
+        "channel": channel,
+        "clients": clients.len(),
+        "users": users.len(),
+    });
+    if !stats {
+        out["list"] = serde_json::to_value(&clients).unwrap_or_default();
+    }
+    Ok(out)
+}
+
+/// `%XX` and `+` decoding of one query value.
+fn percent_decode(v: &str) -> Option<String> {
+    let b = v.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `POST /api/v1/broadcast` `{"channels":[...],"event","data"}` →

@@ -20,6 +20,10 @@ pub(crate) struct Rule {
     pub(crate) subscribe_hook: bool,
     /// Client emits go through the backend's publish hook.
     pub(crate) publish_hook: bool,
+    /// Subscribers are listed in the channel's presence.
+    pub(crate) presence: bool,
+    /// Subscribers get `join`/`leave` notices.
+    pub(crate) join_leave: bool,
 }
 
 /// Every channel rule of the node, resolved once at start-up.
@@ -106,6 +110,8 @@ impl Rules {
             },
             subscribe_hook: r.subscribe_hook,
             publish_hook: r.publish_hook,
+            presence: r.presence,
+            join_leave: r.presence && r.join_leave,
         };
         Self {
             default: resolve(&cfg.channels),

@@ -459,6 +459,18 @@ impl Sink for Hub {
         }
     }
 
+    fn notice(&self, channel: &str, frame: Bytes) {
+        let map = self.shard(channel);
+        let Some(ch) = map.get(channel) else {
+            return;
+        };
+        let notice = crate::publication::Notice::new(frame);
+        for s in &ch.subs {
+            // A full queue closes the session, as a publication would.
+            let _ = s.link.send(Outbound::Notice(Arc::clone(&notice)));
+        }
+    }
+
     fn resync(&self, channel: &str, now: &Position) {
         let mut map = self.shard(channel);
         let Some(ch) = map.get_mut(channel) else {

@@ -25,6 +25,9 @@ pub(crate) struct Node {
     locks: ChannelLocks,
     /// Per-namespace history size and TTL.
     rules: Arc<Rules>,
+    /// Told when a channel gets its first local subscriber or loses its
+    /// last (cluster-wide occupancy); `None` without webhooks.
+    pub(crate) webhooks: Option<Arc<crate::hooks::webhooks::Webhooks>>,
 }
 
 /// A session's place on a channel, held: publications wait in the hub until
@@ -64,6 +67,7 @@ impl Node {
         hub: Arc<Hub>,
         broker: Arc<dyn Broker>,
         rules: Arc<Rules>,
+        webhooks: Option<Arc<crate::hooks::webhooks::Webhooks>>,
     ) -> Self {
         Self {
             id,
@@ -71,6 +75,7 @@ impl Node {
             broker,
             locks: ChannelLocks::default(),
             rules,
+            webhooks,
         }
     }
 
@@ -109,7 +114,12 @@ impl Node {
         let span = tracing::debug_span!("broker_subscribe");
         let res = tracing::Instrument::instrument(self.broker.subscribe(channel), span).await;
         match res {
-            Ok(pos) => Ok(self.hub.activate(channel, pos, link)),
+            Ok(pos) => {
+                if let Some(w) = &self.webhooks {
+                    w.occupied(channel).await;
+                }
+                Ok(self.hub.activate(channel, pos, link))
+            }
             Err(e) => {
                 self.hub.abort(channel);
                 metrics().broker_failure(BrokerOp::Subscribe, &e);
@@ -138,6 +148,9 @@ impl Node {
         if self.hub.leave(channel, session) == Leave::LastOut {
             if let Err(e) = self.broker.unsubscribe(channel).await {
                 metrics().broker_failure(BrokerOp::Unsubscribe, &e);
+            }
+            if let Some(w) = &self.webhooks {
+                w.vacated(channel).await;
             }
         }
     }
@@ -263,6 +276,7 @@ mod tests {
             hub.clone(),
             broker,
             Arc::new(Rules::from_config(&crate::config::Config::default())),
+            None,
         ));
         let mut rxs = Vec::new();
         let mut tasks = Vec::new();

@@ -111,6 +111,58 @@ impl Publication {
     }
 }
 
+/// A presence notice (`join`/`leave`) for one channel's subscribers: not a
+/// publication (no offset, not in history), but shared and encoded once per
+/// wire format like one.
+#[derive(Debug)]
+pub(crate) struct Notice {
+    /// The Herald v1 frame: `{"op":"join"|"leave","channel",...,"client":{...}}`.
+    herald: Bytes,
+    /// Socket.IO `42/channel,["herald:join",{client}]`, made on first use.
+    socketio: OnceLock<Box<[u8]>>,
+}
+
+impl Notice {
+    pub(crate) fn new(herald: Bytes) -> Arc<Self> {
+        Arc::new(Self {
+            herald,
+            socketio: OnceLock::new(),
+        })
+    }
+
+    pub(crate) fn encoded(&self, wire: Wire) -> &[u8] {
+        match wire {
+            Wire::Herald => &self.herald,
+            Wire::SocketIo => self.socketio.get_or_init(|| self.socketio_text()),
+        }
+    }
+
+    fn socketio_text(&self) -> Box<[u8]> {
+        #[derive(serde::Deserialize)]
+        struct Frame<'a> {
+            #[serde(borrow)]
+            op: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            channel: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            client: &'a serde_json::value::RawValue,
+        }
+        match serde_json::from_slice::<Frame<'_>>(&self.herald) {
+            Ok(f) => crate::transport::socketio::packet::notice(
+                &f.channel,
+                &format!("herald:{}", f.op),
+                f.client.get(),
+            )
+            .into_bytes()
+            .into_boxed_slice(),
+            Err(e) => {
+                tracing::error!(error = %e, "presence notice is not a join/leave frame");
+                Box::default()
+            }
+        }
+    }
+}
+
 /// One item of a session's outbound queue. Small on purpose (16 bytes):
 /// every session's queue allocates a block of these up front, idle or not.
 #[derive(Debug)]
@@ -119,6 +171,8 @@ pub(crate) enum Outbound {
     Frame(Box<[u8]>),
     /// A publication, encoded by the writer through [`Publication::encoded`].
     Publication(Arc<Publication>),
+    /// A join/leave notice, encoded by the writer through [`Notice::encoded`].
+    Notice(Arc<Notice>),
 }
 
 impl Outbound {
@@ -127,6 +181,7 @@ impl Outbound {
         match self {
             Self::Frame(b) => b.len(),
             Self::Publication(p) => p.size(),
+            Self::Notice(n) => n.herald.len(),
         }
     }
 
@@ -135,6 +190,7 @@ impl Outbound {
         match self {
             Self::Frame(b) => b,
             Self::Publication(p) => p.encoded(wire),
+            Self::Notice(n) => n.encoded(wire),
         }
     }
 }

@@ -78,6 +78,10 @@ pub enum Op<'a> {
     Ping,
     /// `pong`: the answer to a server `ping`.
     Pong,
+    /// `presence`: who is subscribed to a channel, cluster-wide.
+    Presence,
+    /// `presence_stats`: how many clients and users are subscribed.
+    PresenceStats,
     /// Any other string.
     Unknown(Cow<'a, str>),
 }
@@ -91,12 +95,14 @@ impl Default for Op<'_> {
 
 impl<'a> Op<'a> {
     /// The spelling of every op the server knows, in the order the docs list them.
-    pub const KNOWN: [&'static str; 7] = [
+    pub const KNOWN: [&'static str; 9] = [
         "connect",
         "subscribe",
         "unsubscribe",
         "emit",
         "refresh",
+        "presence",
+        "presence_stats",
         "ping",
         "pong",
     ];
@@ -110,6 +116,8 @@ impl<'a> Op<'a> {
             "refresh" => Self::Refresh,
             "ping" => Self::Ping,
             "pong" => Self::Pong,
+            "presence" => Self::Presence,
+            "presence_stats" => Self::PresenceStats,
             _ => return None,
         })
     }
@@ -539,6 +547,45 @@ pub enum Reply<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         channel: Option<&'a str>,
     },
+    /// Answer to `presence`: every client subscribed to the channel, on
+    /// every node.
+    Presence {
+        /// The `id` of the command this answers.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The channel.
+        channel: &'a str,
+        /// One entry per subscribed connection.
+        clients: &'a [PresenceClient],
+    },
+    /// Answer to `presence_stats`.
+    PresenceStats {
+        /// The `id` of the command this answers.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<u64>,
+        /// The channel.
+        channel: &'a str,
+        /// Subscribed connections.
+        clients: u64,
+        /// Distinct users among them.
+        users: u64,
+    },
+    /// A client subscribed to a channel this connection is subscribed to
+    /// (namespaces with `join_leave`; at most once, not in history).
+    Join {
+        /// The channel.
+        channel: &'a str,
+        /// Who joined.
+        client: &'a PresenceClient,
+    },
+    /// A client left the channel: unsubscribed, disconnected, or its node
+    /// stopped answering (namespaces with `join_leave`; at most once).
+    Leave {
+        /// The channel.
+        channel: &'a str,
+        /// Who left.
+        client: &'a PresenceClient,
+    },
     /// The server ends the connection; a close frame with `code` follows.
     Disconnect {
         /// The close code.
@@ -548,6 +595,23 @@ pub enum Reply<'a> {
         /// Whether the client should reconnect.
         reconnect: bool,
     },
+}
+
+/// One subscribed connection in a channel's presence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PresenceClient {
+    /// The connection's user (empty for an anonymous connection).
+    pub user: String,
+    /// The session id.
+    pub session: String,
+    /// The node the connection is on.
+    pub node: String,
+    /// When it subscribed (UNIX milliseconds).
+    pub joined_at: u64,
+    /// What the connection's token (or the connect hook) says about the
+    /// user, shown to everyone who asks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
 }
 
 /// `connected.channels` after a resume, ordered by channel name.

@@ -73,6 +73,11 @@ pub fn history_key(channel: &str) -> String {
     format!("herald:{{{channel}}}:h")
 }
 
+/// Hash of the channel's presence: session id → entry (JSON).
+pub fn presence_key(channel: &str) -> String {
+    format!("herald:{{{channel}}}:p")
+}
+
 /// Hash holding the channel's epoch (`e`) and latest offset (`o`).
 pub fn meta_key(channel: &str) -> String {
     format!("herald:{{{channel}}}:m")

@@ -1,5 +1,5 @@
 import { HeraldError } from "./errors.js";
-import type { ErrorBody, Message, Since } from "./protocol.gen.js";
+import type { ErrorBody, Message, PresenceClient, Since } from "./protocol.gen.js";
 
 /** Where a publication came from: enough to store a position or log it. */
 export interface MessageMeta {
@@ -41,6 +41,7 @@ export interface ChannelHost {
   requestSubscribe(channel: Channel): void;
   requestUnsubscribe(channel: Channel): void;
   emitOn(channel: string, event: string, data: unknown): Promise<number>;
+  presenceOf(channel: string): Promise<PresenceClient[]>;
   resync(reason: string): void;
   report(err: unknown): void;
   retryLater(channel: Channel): void;
@@ -61,6 +62,8 @@ export class Channel {
   private readonly stateListeners = new Set<(state: ChannelState) => void>();
   private readonly unrecoveredListeners = new Set<(info: Unrecovered) => void>();
   private readonly errorListeners = new Set<(err: HeraldError) => void>();
+  private readonly joinListeners = new Set<(client: PresenceClient) => void>();
+  private readonly leaveListeners = new Set<(client: PresenceClient) => void>();
 
   /** @internal Created by `Herald.channel`. */
   constructor(
@@ -112,6 +115,37 @@ export class Channel {
   /** Calls `listener` when the server refuses the subscription (e.g. `forbidden`). */
   onError(listener: (err: HeraldError) => void): () => void {
     return add(this.errorListeners, listener);
+  }
+
+  /** Everyone subscribed to this channel right now, on every node (namespaces with `presence`). */
+  presence(): Promise<PresenceClient[]> {
+    return this.host.presenceOf(this.name);
+  }
+
+  /**
+   * Calls `listener` when a connection subscribes to this channel
+   * (namespaces with `join_leave`). At most once, not replayed after a
+   * reconnect: call `presence()` again then.
+   */
+  onJoin(listener: (client: PresenceClient) => void): () => void {
+    return add(this.joinListeners, listener);
+  }
+
+  /** Calls `listener` when a connection leaves this channel, or its node died. */
+  onLeave(listener: (client: PresenceClient) => void): () => void {
+    return add(this.leaveListeners, listener);
+  }
+
+  /** @internal A `join` or `leave` frame for this channel. */
+  presenceNotice(kind: "join" | "leave", client: PresenceClient): void {
+    if (!this.wanted) return;
+    for (const l of kind === "join" ? this.joinListeners : this.leaveListeners) {
+      try {
+        l(client);
+      } catch (err) {
+        this.host.report(err);
+      }
+    }
   }
 
   /** Publishes on this channel; resolves with the publication's offset. */

@@ -2,7 +2,7 @@ import { Backoff, type BackoffOptions } from "./backoff.js";
 import { Channel, type ChannelHost, type ChannelOptions } from "./channel.js";
 import { Emitter } from "./emitter.js";
 import { HeraldError } from "./errors.js";
-import type { Command, ResumedChannel, ServerFrame, Since } from "./protocol.gen.js";
+import type { Command, PresenceClient, ResumedChannel, ServerFrame, Since } from "./protocol.gen.js";
 
 /**
  * The part of the WebSocket API the client uses: the browser's `WebSocket`
@@ -97,7 +97,8 @@ export type HeraldEvents = {
 export const ABANDONED = 4999 as const;
 
 interface Pending {
-  resolve: (value: number) => void;
+  /** Each request resolves with its own answer type. */
+  resolve: (value: any) => void;
   reject: (err: HeraldError) => void;
   timer: ReturnType<typeof setTimeout>;
   channel?: string;
@@ -183,6 +184,7 @@ export class Herald extends Emitter<HeraldEvents> {
       requestSubscribe: (ch) => this.subscribe(ch),
       requestUnsubscribe: (ch) => this.unsubscribe(ch),
       emitOn: (ch, ev, data) => this.emit(ch, ev, data),
+      presenceOf: (ch) => this.presence(ch),
       resync: (why) => this.abandon(why),
       report: (err) => this.report(err),
       retryLater: (ch) => this.later(() => this.subscribe(ch), 500 + this.random() * 2000),
@@ -224,15 +226,33 @@ export class Herald extends Emitter<HeraldEvents> {
    * While disconnected it waits for the connection, up to `requestTimeoutMs`.
    */
   emit(channel: string, event: string, data?: unknown): Promise<number> {
-    return new Promise<number>((resolve, reject) => {
+    return this.request<number>(channel, "emit", (id) => ({ op: "emit", id, channel, event, data: data ?? null }));
+  }
+
+  /**
+   * Everyone subscribed to `channel` right now, on every node (channels
+   * whose namespace keeps presence). Rejects with a `HeraldError` elsewhere.
+   */
+  presence(channel: string): Promise<PresenceClient[]> {
+    return this.request<PresenceClient[]>(channel, "presence", (id) => ({ op: "presence", id, channel }));
+  }
+
+  /** How many connections and distinct users are subscribed to `channel`. */
+  presenceStats(channel: string): Promise<{ clients: number; users: number }> {
+    return this.request(channel, "presence_stats", (id) => ({ op: "presence_stats", id, channel }));
+  }
+
+  /** Sends a command with a fresh id once connected; settles with its answer. */
+  private request<T>(channel: string, what: string, frame: (id: number) => Command): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
       const deadline = setTimeout(() => {
         this.waiting.delete(send);
-        reject(new HeraldError("timeout", `no answer to emit on ${channel} within ${this.requestTimeoutMs} ms`, channel));
+        reject(new HeraldError("timeout", `no answer to ${what} on ${channel} within ${this.requestTimeoutMs} ms`, channel));
       }, this.requestTimeoutMs);
       const send = () => {
         const id = this.nextId++;
         this.pending.set(id, { resolve, reject, timer: deadline, channel });
-        this.send({ op: "emit", id, channel, event, data: data ?? null });
+        this.send(frame(id));
       };
       if (!this.running) {
         clearTimeout(deadline);
@@ -378,6 +398,16 @@ export class Herald extends Emitter<HeraldEvents> {
         return;
       case "emitted":
         this.settle(f.id, (p) => p.resolve(f.offset));
+        return;
+      case "presence":
+        this.settle(f.id, (p) => p.resolve(f.clients));
+        return;
+      case "presence_stats":
+        this.settle(f.id, (p) => p.resolve({ clients: f.clients, users: f.users }));
+        return;
+      case "join":
+      case "leave":
+        this.channelMap.get(f.channel)?.presenceNotice(f.op, f.client);
         return;
       case "refreshed":
         this.expiresAt = f.expires_at;

@@ -111,9 +111,36 @@ export type Message = {
 /**
  * The operation a client frame asks for.
  */
-export type Op = "connect" | "subscribe" | "unsubscribe" | "emit" | "refresh" | "ping" | "pong";
+export type Op = "connect" | "subscribe" | "unsubscribe" | "emit" | "refresh" | "presence" | "presence_stats" | "ping" | "pong";
 
-export const OPS = ["connect","subscribe","unsubscribe","emit","refresh","ping","pong"] as const;
+export const OPS = ["connect","subscribe","unsubscribe","emit","refresh","presence","presence_stats","ping","pong"] as const;
+
+/**
+ * One subscribed connection in a channel's presence.
+ */
+export type PresenceClient = {
+  /**
+   * What the connection's token (or the connect hook) says about the
+   * user, shown to everyone who asks.
+   */
+  info?: unknown;
+  /**
+   * When it subscribed (UNIX milliseconds).
+   */
+  joined_at: number;
+  /**
+   * The node the connection is on.
+   */
+  node: string;
+  /**
+   * The session id.
+   */
+  session: string;
+  /**
+   * The connection's user (empty for an anonymous connection).
+   */
+  user: string;
+};
 
 /**
  * Replies and notices the server sends, except `message` (see `MessageFrame`).
@@ -258,6 +285,58 @@ export type Reply = {
    */
   message: string;
   op: "error";
+} | {
+  /**
+   * The channel.
+   */
+  channel: string;
+  /**
+   * One entry per subscribed connection.
+   */
+  clients: PresenceClient[];
+  /**
+   * The `id` of the command this answers.
+   */
+  id?: number;
+  op: "presence";
+} | {
+  /**
+   * The channel.
+   */
+  channel: string;
+  /**
+   * Subscribed connections.
+   */
+  clients: number;
+  /**
+   * The `id` of the command this answers.
+   */
+  id?: number;
+  op: "presence_stats";
+  /**
+   * Distinct users among them.
+   */
+  users: number;
+} | {
+  /**
+   * The channel.
+   */
+  channel: string;
+  /**
+   * Who joined.
+   */
+  client: PresenceClient;
+  op: "join";
+} | {
+  /**
+   * The channel.
+   */
+  channel: string;
+  /**
+   * Who left.
+   */
+  client: PresenceClient;
+  op: "leave";
 } | {
   /**
    * The close code.

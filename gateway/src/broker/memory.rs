@@ -40,7 +40,15 @@ pub(crate) struct MemoryBroker {
     sink: Arc<dyn Sink>,
     /// Idle time after which a channel without subscribers forgets its state.
     ttl: Duration,
+    /// Presence: channel → session → entry (JSON). One node: nobody else
+    /// to tell, and nothing outlives the process.
+    presence: Mutex<HashMap<Box<str>, Present>>,
+    /// Occupied channels (one node: occupied while it has subscribers).
+    occupied: Mutex<std::collections::HashSet<Box<str>>>,
 }
+
+/// One channel's presence: session → entry (JSON).
+type Present = HashMap<Box<str>, String>;
 
 impl MemoryBroker {
     /// Creates the broker and starts its expiry sweeper, which stops with `shutdown`.
@@ -54,6 +62,8 @@ impl MemoryBroker {
             hasher: Default::default(),
             sink,
             ttl: cfg.state_ttl,
+            presence: Mutex::new(HashMap::new()),
+            occupied: Mutex::new(Default::default()),
         });
         crate::metrics::metrics().shard(0).up.set(1);
         let weak = Arc::downgrade(&broker);
@@ -215,6 +225,91 @@ impl Broker for MemoryBroker {
     fn is_ready(&self) -> bool {
         true
     }
+
+    fn presence_add<'a>(
+        &'a self,
+        channel: &'a str,
+        session: &'a str,
+        entry: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        let mut all = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        let ch = all.entry(channel.into()).or_default();
+        let added = if ch.len() >= max && !ch.contains_key(session) {
+            false
+        } else {
+            ch.insert(session.into(), entry.to_owned());
+            true
+        };
+        Box::pin(std::future::ready(Ok(added)))
+    }
+
+    fn presence_remove<'a>(
+        &'a self,
+        channel: &'a str,
+        session: &'a str,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        let mut all = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        let removed = all
+            .get_mut(channel)
+            .is_some_and(|ch| ch.remove(session).is_some());
+        if all.get(channel).is_some_and(HashMap::is_empty) {
+            all.remove(channel);
+        }
+        Box::pin(std::future::ready(Ok(removed)))
+    }
+
+    fn presence<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Vec<String>, BrokerError>> {
+        let all = self.presence.lock().unwrap_or_else(|e| e.into_inner());
+        let entries = all
+            .get(channel)
+            .map(|ch| ch.values().cloned().collect())
+            .unwrap_or_default();
+        Box::pin(std::future::ready(Ok(entries)))
+    }
+
+    fn notice<'a>(
+        &'a self,
+        channel: &'a str,
+        frame: Bytes,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.sink.notice(channel, frame);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn heartbeat<'a>(&'a self, _: &'a str, _: Duration) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn alive<'a>(&'a self, nodes: &'a [String]) -> BoxFuture<'a, Result<Vec<bool>, BrokerError>> {
+        Box::pin(std::future::ready(Ok(vec![true; nodes.len()])))
+    }
+
+    fn occupy<'a>(
+        &'a self,
+        channel: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        let mut o = self.occupied.lock().unwrap_or_else(|e| e.into_inner());
+        Box::pin(std::future::ready(Ok(o.insert(channel.into()))))
+    }
+
+    fn vacate<'a>(
+        &'a self,
+        channel: &'a str,
+        _: &'a str,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        let mut o = self.occupied.lock().unwrap_or_else(|e| e.into_inner());
+        Box::pin(std::future::ready(Ok(o.remove(channel))))
+    }
+
+    fn orphans<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Vec<super::Orphan>, BrokerError>> {
+        Box::pin(std::future::ready(Ok(Vec::new())))
+    }
+
+    fn forget_node<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 #[cfg(test)]
@@ -234,6 +329,7 @@ mod tests {
             ));
         }
         fn resync(&self, _: &str, _: &Position) {}
+        fn notice(&self, _: &str, _: Bytes) {}
         fn position(&self, _: &str) -> Option<Position> {
             None
         }

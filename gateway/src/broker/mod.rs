@@ -64,6 +64,9 @@ pub(crate) trait Sink: Send + Sync + 'static {
     /// The position of the last publication this node delivered on `channel`
     /// (`None` when it has no live subscription there).
     fn position(&self, channel: &str) -> Option<Position>;
+    /// A presence notice (`join`/`leave` frame) for `channel`'s subscribers,
+    /// outside its offsets (at most once).
+    fn notice(&self, channel: &str, frame: Bytes);
 }
 
 /// A pub/sub backend with per-channel ordered positions.
@@ -103,6 +106,75 @@ pub(crate) trait Broker: Send + Sync + 'static {
 
     /// True while publish and subscribe can succeed.
     fn is_ready(&self) -> bool;
+
+    /// Adds (or replaces) `session`'s entry (`entry`, JSON) in `channel`'s
+    /// presence, unless it holds `max` others already: then `Ok(false)`.
+    fn presence_add<'a>(
+        &'a self,
+        channel: &'a str,
+        session: &'a str,
+        entry: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>>;
+
+    /// Removes `session`'s entry from `channel`'s presence; whether it was there.
+    fn presence_remove<'a>(
+        &'a self,
+        channel: &'a str,
+        session: &'a str,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>>;
+
+    /// Every entry of `channel`'s presence, as added.
+    fn presence<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Vec<String>, BrokerError>>;
+
+    /// Hands a presence notice to every node's sink for `channel`.
+    fn notice<'a>(
+        &'a self,
+        channel: &'a str,
+        frame: Bytes,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Says `node` is alive for `ttl` (presence entries of nodes that stop
+    /// saying so are left out and removed).
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BrokerError>>;
+
+    /// Which of `nodes` are alive, in order.
+    fn alive<'a>(&'a self, nodes: &'a [String]) -> BoxFuture<'a, Result<Vec<bool>, BrokerError>>;
+
+    /// Records that `node` has subscribers on `channel`; true when no node
+    /// had any before (the channel is now occupied, cluster-wide). Atomic:
+    /// of nodes racing for the first subscriber, one gets true.
+    fn occupy<'a>(
+        &'a self,
+        channel: &'a str,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>>;
+
+    /// Records that `node` has no subscribers left on `channel`; true when
+    /// no node has any now (the channel is vacated, cluster-wide).
+    fn vacate<'a>(
+        &'a self,
+        channel: &'a str,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>>;
+
+    /// Nodes that stopped heartbeating, with the channels they occupied,
+    /// each claimed for `me` to clean up (no other node gets the same one).
+    fn orphans<'a>(&'a self, me: &'a str) -> BoxFuture<'a, Result<Vec<Orphan>, BrokerError>>;
+
+    /// Forgets a dead node once its channels are vacated.
+    fn forget_node<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), BrokerError>>;
+}
+
+/// A node that stopped heartbeating, and the channels it still occupied.
+#[derive(Debug, Clone)]
+pub(crate) struct Orphan {
+    pub(crate) node: String,
+    pub(crate) channels: Vec<String>,
 }
 
 /// What a broker still holds of a channel's past.

@@ -51,6 +51,10 @@ pub struct Config {
     pub auth: AuthConfig,
     /// HTTP calls to the backend at connect, subscribe, publish and refresh.
     pub hooks: HooksConfig,
+    /// Who is subscribed where (namespaces opt in with `presence = true`).
+    pub presence: PresenceConfig,
+    /// Events POSTed to the backend: channels occupied/vacated, users connected/disconnected.
+    pub webhooks: WebhooksConfig,
     /// Rules for channels outside any configured namespace.
     pub channels: ChannelRuleConfig,
     /// Per-namespace rules: the part of a channel name before its first `:`.
@@ -70,6 +74,8 @@ impl Default for Config {
             broker: BrokerConfig::Memory(MemoryConfig::default()),
             auth: AuthConfig::default(),
             hooks: HooksConfig::default(),
+            presence: PresenceConfig::default(),
+            webhooks: WebhooksConfig::default(),
             channels: ChannelRuleConfig::default(),
             namespaces: BTreeMap::new(),
         }
@@ -170,6 +176,80 @@ pub struct ChannelRuleConfig {
     /// may allow, refuse or rewrite them.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub publish_hook: bool,
+    /// Keep a cluster-wide list of who is subscribed here (`presence`,
+    /// `presence_stats`, `GET /api/v1/presence`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub presence: bool,
+    /// Tell subscribers here when a client joins or leaves (needs
+    /// `presence`; at most once, not in history).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub join_leave: bool,
+}
+
+/// Webhooks (`docs/hooks.md#webhooks`): events POSTed to `url`, signed
+/// with `secret`, delivered at least once.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhooksConfig {
+    /// Where events are POSTed (`http://`); unset = no webhooks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// HMAC-SHA256 key of the `x-herald-signature` header; required with `url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Which events to send: `channel_occupied`, `channel_vacated`,
+    /// `user_connected`, `user_disconnected`.
+    pub events: Vec<String>,
+    /// Time the backend has to answer one POST.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// Tries per event (the first included), with exponential backoff.
+    pub max_attempts: u32,
+    /// Events waiting to be sent; past it new events are dropped (counted).
+    pub queue: usize,
+}
+
+impl Default for WebhooksConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            secret: None,
+            events: [
+                "channel_occupied",
+                "channel_vacated",
+                "user_connected",
+                "user_disconnected",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+            timeout: Duration::from_secs(2),
+            max_attempts: 6,
+            queue: 10_000,
+        }
+    }
+}
+
+/// Presence: the cluster-wide list of who is subscribed to a channel.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PresenceConfig {
+    /// How often a node says it is alive. A node that stops (crash,
+    /// partition) has its clients left out of every answer within 2 ×
+    /// this, and `leave` follows within 3 ×.
+    #[serde(with = "duration_str")]
+    pub heartbeat: Duration,
+    /// Most connections one channel's presence holds; a subscribe past it
+    /// is refused, so one channel cannot make every answer unbounded.
+    pub max_clients: usize,
+}
+
+impl Default for PresenceConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_secs(5),
+            max_clients: 1000,
+        }
+    }
 }
 
 /// Proxy hooks: the backend decides, over HTTP, who connects (and as whom),
@@ -568,6 +648,7 @@ impl Config {
         c.auth.jwt_secret.as_mut().map(hide);
         c.session.reconnect_secrets.iter_mut().for_each(hide);
         c.api.keys.iter_mut().for_each(hide);
+        c.webhooks.secret.as_mut().map(hide);
         if let BrokerConfig::Redis(r) = &mut c.broker {
             r.url = redact_url_password(&r.url);
             r.shards

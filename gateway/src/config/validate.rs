@@ -69,6 +69,8 @@ impl Config {
         self.check_channels(&mut p);
         self.check_session(&mut p);
         self.check_broker(&mut p);
+        self.check_presence(&mut p);
+        self.check_webhooks(&mut p);
         self.check_exposure(&mut p);
         self.check_hooks(&mut p);
         let srv = &self.server;
@@ -246,6 +248,61 @@ impl Config {
         p.check(s.max_subscriptions > 0, "session", || {
             "session.max_subscriptions must be at least 1".to_owned()
         });
+    }
+
+    fn check_webhooks(&self, p: &mut Problems) {
+        let w = &self.webhooks;
+        let Some(url) = &w.url else { return };
+        p.check(
+            url.starts_with("http://") && url.parse::<hyper::Uri>().is_ok(),
+            "webhooks",
+            || format!("webhooks.url must be an http:// URL, got {url:?}"),
+        );
+        p.check(
+            w.secret.as_ref().is_some_and(|s| s.len() >= 16),
+            "webhooks",
+            || "webhooks.secret (16+ bytes) is required with webhooks.url: receivers verify the signature".to_owned(),
+        );
+        for e in &w.events {
+            p.check(
+                crate::hooks::webhooks::Event::ALL.iter().any(|k| k.name() == e),
+                "webhooks",
+                || format!("webhooks.events: unknown event {e:?} (channel_occupied, channel_vacated, user_connected, user_disconnected)"),
+            );
+        }
+        p.check(w.max_attempts >= 1 && w.queue >= 1 && !w.timeout.is_zero(), "webhooks", || {
+            "webhooks.max_attempts and webhooks.queue must be at least 1, webhooks.timeout above zero".to_owned()
+        });
+    }
+
+    fn check_presence(&self, p: &mut Problems) {
+        let c = &self.presence;
+        p.check(
+            c.heartbeat >= Duration::from_millis(100) && c.heartbeat <= Duration::from_secs(60),
+            "presence",
+            || {
+                format!(
+                    "presence.heartbeat must be between 100ms and 60s, got {:?}",
+                    c.heartbeat
+                )
+            },
+        );
+        p.check((1..=100_000).contains(&c.max_clients), "presence", || {
+            format!(
+                "presence.max_clients must be between 1 and 100000, got {}",
+                c.max_clients
+            )
+        });
+        let rules = std::iter::once(("channels".to_owned(), &self.channels)).chain(
+            self.namespaces
+                .iter()
+                .map(|(n, r)| (format!("namespaces.{n}"), r)),
+        );
+        for (name, r) in rules {
+            p.check(!r.join_leave || r.presence, "presence", || {
+                format!("{name}.join_leave needs {name}.presence = true")
+            });
+        }
     }
 
     fn check_broker(&self, p: &mut Problems) {

@@ -16,6 +16,7 @@
 //! [`ClientHeaders`]: the transport passes them on, the logic stays here.
 
 mod proxy;
+pub(crate) mod webhooks;
 
 use herald_proto::{CloseCode, ErrorCode};
 use hyper::http::HeaderMap;

@@ -71,6 +71,10 @@ labels! {
         Decode => "decode",
         /// Refreshing the TTL of subscribed channels' state.
         Refresh => "refresh",
+        /// Presence: entries, notices, heartbeats.
+        Presence => "presence",
+        /// Webhooks' cluster-wide channel occupancy.
+        Occupancy => "occupancy",
     }
 }
 
@@ -86,6 +90,9 @@ labels! {
         EpochBump => "epoch_bump",
         Subscribe => "subscribe",
         Forget => "forget",
+        Presence => "presence",
+        Heartbeat => "heartbeat",
+        Occupancy => "occupancy",
     }
 }
 
@@ -104,7 +111,14 @@ impl RedisCommand {
             Self::Publish => Some(0),
             Self::History => Some(1),
             Self::Position => Some(2),
-            Self::Ping | Self::Expire | Self::EpochBump | Self::Subscribe | Self::Forget => None,
+            Self::Ping
+            | Self::Expire
+            | Self::EpochBump
+            | Self::Subscribe
+            | Self::Forget
+            | Self::Presence
+            | Self::Heartbeat
+            | Self::Occupancy => None,
         }
     }
 }
@@ -243,6 +257,7 @@ labels! {
     pub(crate) enum ApiRoute {
         Publish => "publish",
         Broadcast => "broadcast",
+        Presence => "presence",
     }
 }
 
@@ -381,5 +396,20 @@ labels! {
         Timeout => "timeout",
         /// Unreachable, a non-2xx status or an answer that does not decode.
         Error => "error",
+    }
+}
+
+labels! {
+    /// What became of one webhook POST.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum WebhookOutcome {
+        /// The backend answered 2xx.
+        Delivered => "delivered",
+        /// Failed (timeout, error, non-2xx); tried again later.
+        Retried => "retried",
+        /// Failed on the last attempt: the event is lost.
+        Failed => "failed",
+        /// The queue was full: never sent.
+        Dropped => "dropped",
     }
 }

@@ -11,7 +11,8 @@ use herald_proto::{CloseCode, ErrorCode};
 pub(crate) use labels::{
     AcceptError, ApiRoute, ApiStatus, AuthFailure, AuthKind, BrokerOp, DenialAction, DenialReason,
     DropReason, Ended, Hook, HookOutcome, Label, PollMethod, PollOutcome, Protocol, RedisCommand,
-    RedisResult, RefuseReason, Reload, ResetReason, Source, TimeoutStage, UpgradeOutcome, labels,
+    RedisResult, RefuseReason, Reload, ResetReason, Source, TimeoutStage, UpgradeOutcome,
+    WebhookOutcome, labels,
 };
 
 use prometheus::{
@@ -109,6 +110,12 @@ pub(crate) struct Metrics {
     hook_requests: IntCounterVec,
     /// Proxy hook call latency, by `hook`.
     hook_duration: HistogramVec,
+    /// Subscribes refused because the channel's presence was full.
+    presence_refused: IntCounter,
+    /// Presence entries removed because their node stopped heartbeating.
+    presence_expired: IntCounter,
+    /// Webhook POSTs by `event` and `outcome`.
+    webhooks: IntCounterVec,
     /// Children resolved once for per-publication paths (no label lookup there).
     pub(crate) hot: Hot,
 }
@@ -480,6 +487,22 @@ impl Metrics {
                 "Channels this node is subscribed to on Redis, by shard.",
                 &["shard"],
             ),
+            presence_refused: counter(
+                &r,
+                "herald_presence_refused_total",
+                "Subscribes refused because the channel's presence held presence.max_clients.",
+            ),
+            presence_expired: counter(
+                &r,
+                "herald_presence_expired_total",
+                "Presence entries removed because their node stopped heartbeating (crash).",
+            ),
+            webhooks: counter_vec(
+                &r,
+                "herald_webhooks_total",
+                "Webhook POSTs by event and outcome (delivered, retried, failed, dropped).",
+                &["event", "outcome"],
+            ),
             api_duration: histogram_vec(
                 &r,
                 "herald_api_request_duration_seconds",
@@ -687,6 +710,20 @@ impl Metrics {
             }),
             label,
         }
+    }
+
+    pub(crate) fn presence_refused(&self) {
+        self.presence_refused.inc();
+    }
+
+    pub(crate) fn webhook(&self, event: &str, outcome: WebhookOutcome) {
+        self.webhooks
+            .with_label_values(&[event, outcome.label()])
+            .inc();
+    }
+
+    pub(crate) fn presence_expired(&self) {
+        self.presence_expired.inc();
     }
 
     pub(crate) fn state_reset(&self, reason: ResetReason) {

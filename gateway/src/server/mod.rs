@@ -123,11 +123,19 @@ impl Server {
         };
         let rules = Arc::new(Rules::from_config(cfg));
         let polls = Polls::new(&node_id);
+        let webhooks = crate::hooks::webhooks::Webhooks::start(
+            &cfg.webhooks,
+            Arc::clone(&broker),
+            node_id.clone(),
+            cfg.presence.heartbeat * 2,
+            broker_stop.clone(),
+        );
         let node = Arc::new(Node::new(
             node_id,
             hub,
             Arc::clone(&broker),
             Arc::clone(&rules),
+            webhooks,
         ));
         let auth = Auth::from_config(&cfg.auth)
             .map_err(ServerError::Auth)?
@@ -146,8 +154,16 @@ impl Server {
         if !tokens.ready() {
             tokio::spawn(agree_on_secret(Arc::clone(&broker), Arc::clone(&tokens)));
         }
+        let presence = crate::presence::Presence::start(
+            Arc::clone(&broker),
+            Arc::clone(&rules),
+            node.id.clone(),
+            cfg.presence.clone(),
+            broker_stop.clone(),
+        );
         let sessions = Arc::new(SessionCtx {
             node: node.clone(),
+            presence,
             rules,
             links: Default::default(),
             cfg: cfg.session.clone(),
@@ -200,6 +216,7 @@ impl Server {
             node: st.node.clone(),
             max_payload: self.max_payload,
             keys: self.api_keys,
+            presence: st.sessions.presence.clone(),
         };
         let admin_routes = Router::new()
             .route("/healthz", get(|| async { "ok\n" }))
@@ -210,6 +227,7 @@ impl Server {
                 Router::new()
                     .route("/api/v1/publish", post(api::publish))
                     .route("/api/v1/broadcast", post(api::broadcast))
+                    .route("/api/v1/presence", get(api::presence))
                     .with_state(api_state),
             );
         let public_routes = Router::new()

@@ -195,6 +195,9 @@ impl Session {
     ) {
         let token = self.token();
         let user = Some(self.identity.user.as_str()).filter(|u| !u.is_empty());
+        if let Some(w) = &self.ctx.node.webhooks {
+            w.user(true, &self.identity.user, &self.session);
+        }
         self.reply(&Reply::Connected {
             id,
             session: &self.session,

@@ -18,6 +18,7 @@
 mod connect;
 mod emit;
 pub(crate) mod limits;
+mod presence;
 mod refresh;
 mod resume;
 mod subscribe;
@@ -61,6 +62,8 @@ pub(crate) struct SessionCtx {
     pub(crate) links: Links,
     /// The backend's proxy hooks; `None` when none is configured.
     pub(crate) hooks: Option<Arc<Hooks>>,
+    /// Who is subscribed where (namespaces with `presence`).
+    pub(crate) presence: Arc<crate::presence::Presence>,
 }
 
 /// The links of this node's live sessions, sharded by id.
@@ -128,6 +131,8 @@ pub(crate) struct Session {
     bucket: Bucket,
     /// The client's request headers the hooks forward (empty without hooks).
     headers: ClientHeaders,
+    /// This session's entry in each presence channel it is subscribed to.
+    present: HashMap<Box<str>, herald_proto::PresenceClient>,
 }
 
 /// A session just opened: the core, and what its transport's writer needs.
@@ -167,6 +172,7 @@ impl Session {
             ctx,
             wire,
             subs: HashSet::new(),
+            present: HashMap::new(),
             session: format!("{id:016x}"),
             identity: Identity::default(),
             granted: HashSet::new(),
@@ -186,8 +192,14 @@ impl Session {
     pub(crate) async fn close(mut self) {
         let link = Arc::clone(&self.link);
         link.finish(Ending::Gone);
+        if self.shared.is_connected() {
+            if let Some(w) = &self.ctx.node.webhooks {
+                w.user(false, &self.identity.user, &self.session);
+            }
+        }
         for ch in std::mem::take(&mut self.subs) {
             self.ctx.node.unsubscribe(&ch, link.id).await;
+            self.presence_leave(&ch).await;
         }
         self.ctx.links.shard(link.id).remove(&link.id);
         let how = match link.ending() {
@@ -251,12 +263,21 @@ impl Session {
             // while they run instead of enlarging every idle session's task
             // (measured: ~0.6 KiB).
             Op::Connect => Box::pin(self.connect(&cmd)).await,
-            Op::Subscribe | Op::Unsubscribe | Op::Emit | Op::Refresh if !connected => self.error(
-                id,
-                ErrorCode::NotConnected,
-                "send {\"op\":\"connect\"} first",
-                None,
-            ),
+            Op::Subscribe
+            | Op::Unsubscribe
+            | Op::Emit
+            | Op::Refresh
+            | Op::Presence
+            | Op::PresenceStats
+                if !connected =>
+            {
+                self.error(
+                    id,
+                    ErrorCode::NotConnected,
+                    "send {\"op\":\"connect\"} first",
+                    None,
+                )
+            }
             Op::Subscribe => {
                 let span = tracing::info_span!(
                     "subscribe",
@@ -271,9 +292,13 @@ impl Session {
                 let span = tracing::info_span!("emit", session = %self.session);
                 Box::pin(self.emit(&cmd).instrument(span)).await
             }
+            Op::Presence | Op::PresenceStats => {
+                let stats = matches!(cmd.op, Op::PresenceStats);
+                Box::pin(self.presence(id, cmd.channel.as_deref(), stats)).await
+            }
             Op::Unknown(other) => {
                 let msg = format!(
-                    "unknown op {other:?}: expected connect, subscribe, unsubscribe, emit, refresh, ping or pong"
+                    "unknown op {other:?}: expected connect, subscribe, unsubscribe, emit, refresh, presence, presence_stats, ping or pong"
                 );
                 self.error(id, ErrorCode::BadRequest, &msg, None)
             }

@@ -62,9 +62,14 @@ impl Session {
                     continue;
                 }
             }
+            if let Err(e) = self.presence_join(&ch).await {
+                channels.insert(ch, refused(ErrorCode::Unavailable, e.to_string()));
+                continue;
+            }
             let joined = match self.ctx.node.subscribe(&ch, &self.link).await {
                 Ok(j) => j,
                 Err(e) => {
+                    self.presence_leave(&ch).await;
                     channels.insert(ch, refused(ErrorCode::Unavailable, e.to_string()));
                     continue;
                 }

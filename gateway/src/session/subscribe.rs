@@ -50,9 +50,26 @@ impl Session {
                 return self.error(id, code, &e.to_string(), Some(ch));
             }
         }
+        match self.presence_join(ch).await {
+            Ok(()) => {}
+            Err(e @ crate::presence::JoinError::Full(_)) => {
+                return self.error(
+                    id,
+                    ErrorCode::TooManySubscriptions,
+                    &e.to_string(),
+                    Some(ch),
+                );
+            }
+            Err(e) => return self.error(id, ErrorCode::Unavailable, &e.to_string(), Some(ch)),
+        }
         let joined = match self.ctx.node.subscribe(ch, &self.link).await {
             Ok(j) => j,
-            Err(e) => return self.error(id, ErrorCode::Unavailable, &e.to_string(), Some(ch)),
+            Err(e) => {
+                if !already {
+                    self.presence_leave(ch).await;
+                }
+                return self.error(id, ErrorCode::Unavailable, &e.to_string(), Some(ch));
+            }
         };
         self.subs.insert(ch.into());
         if by_token {
@@ -133,6 +150,7 @@ impl Session {
         self.granted.remove(ch);
         if self.subs.remove(ch) {
             self.ctx.node.unsubscribe(ch, self.link.id).await;
+            self.presence_leave(ch).await;
         }
         let token = self.token();
         self.reply(&Reply::Unsubscribed {

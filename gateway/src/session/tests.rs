@@ -23,7 +23,20 @@ pub(crate) fn ctx_with(cfg: SessionConfig, auth: Option<AuthConfig>) -> Arc<Sess
         CancellationToken::new(),
     );
     let rules = Arc::new(Rules::from_config(&Config::default()));
-    let node = Arc::new(Node::new("n1".into(), hub, broker, Arc::clone(&rules)));
+    let presence = crate::presence::Presence::start(
+        broker.clone(),
+        Arc::clone(&rules),
+        "n1".into(),
+        Default::default(),
+        CancellationToken::new(),
+    );
+    let node = Arc::new(Node::new(
+        "n1".into(),
+        hub,
+        broker,
+        Arc::clone(&rules),
+        None,
+    ));
     let tokens = Arc::new(Tokens::new(&["reconnect-secret".into()], cfg.reconnect_ttl));
     let auth = auth.map(|a| Arc::new(Auth::from_config(&a).expect("auth").expect("configured")));
     Arc::new(SessionCtx {
@@ -37,6 +50,7 @@ pub(crate) fn ctx_with(cfg: SessionConfig, auth: Option<AuthConfig>) -> Arc<Sess
         users: UserConnections::new(64),
         links: Links::default(),
         hooks: None,
+        presence,
     })
 }
 

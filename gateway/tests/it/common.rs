@@ -8,6 +8,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+/// Writes `toml` to a `herald.toml` in a fresh temporary directory (named
+/// after `what`) and returns its path, for `--config`.
+pub(crate) fn config_file(what: &str, toml: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "herald-{what}-{}-{}",
+        std::process::id(),
+        fastrand::u64(..)
+    ));
+    std::fs::create_dir_all(&dir).expect("config dir");
+    let path = dir.join("herald.toml");
+    std::fs::write(&path, toml).expect("write config");
+    path
+}
+
 /// The `herald` executable under test.
 pub(crate) fn herald() -> Herald {
     Herald::at(env!("CARGO_BIN_EXE_herald"))

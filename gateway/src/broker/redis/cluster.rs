@@ -443,6 +443,8 @@ impl Broker for ClusterBroker {
     fn is_ready(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
+
+    presence_methods!(conn);
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use crate::metrics::{BrokerOp, RedisCommand, RedisResult, ResetReason, ShardMetr
 use bytes::Bytes;
 use futures_util::StreamExt;
 use herald_proto::MessageFrame;
-use herald_proto::redis::{HISTORY_SCRIPT, PUBLISH_SCRIPT, history_key, meta_key};
+use herald_proto::redis::{HISTORY_SCRIPT, PUBLISH_SCRIPT, history_key, meta_key, presence_key};
 use redis::aio::ConnectionLike;
 use serde_json::value::RawValue;
 
@@ -47,6 +47,49 @@ if e == ARGV[1] and o < tonumber(ARGV[2]) then
 end
 return {e or false, o}
 "#;
+
+/// KEYS: presence hash. ARGV: session, entry, max entries, ttl seconds.
+/// Returns 1 when added or replaced, 0 when the hash is full.
+const PRESENCE_ADD_SCRIPT: &str = r#"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"#;
+
+/// KEYS: the channel's pub/sub (shard) channel. ARGV: payload, `s` to
+/// `SPUBLISH`. A script, so that a cluster routes it by the channel's slot.
+const NOTICE_SCRIPT: &str = r#"
+local cmd = 'PUBLISH'
+if ARGV[2] == 's' then cmd = 'SPUBLISH' end
+redis.call(cmd, KEYS[1], ARGV[1])
+return 1
+"#;
+
+/// KEYS: the channel's occupancy set (nodes with subscribers). ARGV: node.
+/// 1 when the node is the first one in.
+const OCCUPY_SCRIPT: &str = r#"
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 1 then
+  return 1
+end
+return 0
+"#;
+
+/// KEYS: the channel's occupancy set. ARGV: node. 1 when it was the last one out.
+const VACATE_SCRIPT: &str = r#"
+if redis.call('SREM', KEYS[1], ARGV[1]) == 1 and redis.call('SCARD', KEYS[1]) == 0 then
+  return 1
+end
+return 0
+"#;
+
+/// Every node that ever occupied a channel (webhooks), for the dead-node sweep.
+const NODES_KEY: &str = "herald:nodes";
+
+/// A pub/sub payload that is a presence notice, not a publication.
+pub(super) const NOTICE_PREFIX: &[u8] = b"- notice\n";
 
 /// Where nodes without a configured reconnect secret agree on one.
 const SECRET_KEY: &str = "herald:reconnect-secret";
@@ -125,6 +168,10 @@ pub(super) struct Commands {
     position: redis::Script,
     epoch_bump: redis::Script,
     history: redis::Script,
+    presence_add: redis::Script,
+    notice: redis::Script,
+    occupy: redis::Script,
+    vacate: redis::Script,
 }
 
 impl Commands {
@@ -137,6 +184,10 @@ impl Commands {
             position: redis::Script::new(POSITION_SCRIPT),
             epoch_bump: redis::Script::new(EPOCH_BUMP_SCRIPT),
             history: redis::Script::new(HISTORY_SCRIPT),
+            presence_add: redis::Script::new(PRESENCE_ADD_SCRIPT),
+            notice: redis::Script::new(NOTICE_SCRIPT),
+            occupy: redis::Script::new(OCCUPY_SCRIPT),
+            vacate: redis::Script::new(VACATE_SCRIPT),
         }
     }
 
@@ -309,6 +360,265 @@ impl Commands {
         parse_history(raw)
     }
 
+    pub(super) async fn presence_add(
+        &self,
+        conn: &mut impl ConnectionLike,
+        channel: &str,
+        session: &str,
+        entry: &str,
+        max: usize,
+    ) -> Result<bool, BrokerError> {
+        let mut inv = self.presence_add.key(presence_key(channel));
+        inv.arg(session).arg(entry).arg(max).arg(self.ttl_secs());
+        let added: i64 = self
+            .call(
+                RedisCommand::Presence,
+                "adding to presence",
+                inv.invoke_async(conn),
+            )
+            .await?;
+        Ok(added == 1)
+    }
+
+    pub(super) async fn presence_remove(
+        &self,
+        conn: &mut impl ConnectionLike,
+        channel: &str,
+        session: &str,
+    ) -> Result<bool, BrokerError> {
+        let mut del = redis::cmd("HDEL");
+        del.arg(presence_key(channel)).arg(session);
+        let n: i64 = self
+            .call(
+                RedisCommand::Presence,
+                "removing from presence",
+                del.query_async(conn),
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    pub(super) async fn presence(
+        &self,
+        conn: &mut impl ConnectionLike,
+        channel: &str,
+    ) -> Result<Vec<String>, BrokerError> {
+        let mut vals = redis::cmd("HVALS");
+        vals.arg(presence_key(channel));
+        self.call(
+            RedisCommand::Presence,
+            "reading presence",
+            vals.query_async(conn),
+        )
+        .await
+    }
+
+    pub(super) async fn notice(
+        &self,
+        conn: &mut impl ConnectionLike,
+        channel: &str,
+        frame: &[u8],
+    ) -> Result<(), BrokerError> {
+        let mut payload = NOTICE_PREFIX.to_vec();
+        payload.extend_from_slice(frame);
+        let mut inv = self
+            .notice
+            .key(herald_proto::redis::pubsub_channel(channel));
+        inv.arg(payload);
+        if self.sharded {
+            inv.arg(herald_proto::redis::SHARDED);
+        }
+        self.call(
+            RedisCommand::Presence,
+            "sending a presence notice",
+            inv.invoke_async::<()>(conn),
+        )
+        .await
+    }
+
+    pub(super) async fn heartbeat(
+        &self,
+        conn: &mut impl ConnectionLike,
+        node: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), BrokerError> {
+        let mut set = redis::cmd("SET");
+        set.arg(node_key(node))
+            .arg(1)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64);
+        self.call(
+            RedisCommand::Heartbeat,
+            "saying this node is alive",
+            set.query_async::<()>(conn),
+        )
+        .await
+    }
+
+    pub(super) async fn alive(
+        &self,
+        conn: &mut impl ConnectionLike,
+        nodes: &[String],
+    ) -> Result<Vec<bool>, BrokerError> {
+        let mut out = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            let mut exists = redis::cmd("EXISTS");
+            exists.arg(node_key(n));
+            let e: i64 = self
+                .call(
+                    RedisCommand::Heartbeat,
+                    "checking node liveness",
+                    exists.query_async(conn),
+                )
+                .await?;
+            out.push(e == 1);
+        }
+        Ok(out)
+    }
+
+    /// Adds `node` to `channel`'s occupancy; true when it is the first.
+    pub(super) async fn occupy(
+        &self,
+        conn: &mut impl ConnectionLike,
+        channel: &str,
+        node: &str,
+    ) -> Result<bool, BrokerError> {
+        let mut inv = self.occupy.key(occupancy_key(channel));
+        inv.arg(node);
+        let first: i64 = self
+            .call(
+                RedisCommand::Occupancy,
+                "recording an occupied channel",
+                inv.invoke_async(conn),
+            )
+            .await?;
+        Ok(first == 1)
+    }
+
+    /// Removes `node` from `channel`'s occupancy; true when it was the last.
+    pub(super) async fn vacate(
+        &self,
+        conn: &mut impl ConnectionLike,
+        channel: &str,
+        node: &str,
+    ) -> Result<bool, BrokerError> {
+        let mut inv = self.vacate.key(occupancy_key(channel));
+        inv.arg(node);
+        let last: i64 = self
+            .call(
+                RedisCommand::Occupancy,
+                "recording a vacated channel",
+                inv.invoke_async(conn),
+            )
+            .await?;
+        Ok(last == 1)
+    }
+
+    /// Adds (or removes) `channel` in `node`'s list of occupied channels,
+    /// which the dead-node sweep reads.
+    pub(super) async fn track(
+        &self,
+        conn: &mut impl ConnectionLike,
+        node: &str,
+        channel: &str,
+        add: bool,
+    ) -> Result<(), BrokerError> {
+        let mut pipe = redis::pipe();
+        if add {
+            pipe.sadd(NODES_KEY, node).ignore();
+            pipe.sadd(node_channels_key(node), channel).ignore();
+        } else {
+            pipe.srem(node_channels_key(node), channel).ignore();
+        }
+        // Keys of different slots: one command each on a cluster.
+        for cmd in pipe.cmd_iter() {
+            self.call(
+                RedisCommand::Occupancy,
+                "tracking a node's channels",
+                cmd.query_async::<()>(conn),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Dead nodes (no liveness key) and their channels, each claimed for
+    /// `me` with a `SET NX` so that one node cleans each up.
+    pub(super) async fn orphans(
+        &self,
+        conn: &mut impl ConnectionLike,
+        me: &str,
+    ) -> Result<Vec<crate::broker::Orphan>, BrokerError> {
+        let mut members = redis::cmd("SMEMBERS");
+        members.arg(NODES_KEY);
+        let nodes: Vec<String> = self
+            .call(
+                RedisCommand::Occupancy,
+                "listing nodes",
+                members.query_async(conn),
+            )
+            .await?;
+        let nodes: Vec<String> = nodes.into_iter().filter(|n| n != me).collect();
+        let alive = self.alive(conn, &nodes).await?;
+        let mut out = Vec::new();
+        for (node, up) in nodes.into_iter().zip(alive) {
+            if up {
+                continue;
+            }
+            let mut claim = redis::cmd("SET");
+            claim
+                .arg(format!("herald:node:{node}:sweep"))
+                .arg(me)
+                .arg("NX")
+                .arg("PX")
+                .arg(60_000);
+            let got: Option<String> = self
+                .call(
+                    RedisCommand::Occupancy,
+                    "claiming a dead node",
+                    claim.query_async(conn),
+                )
+                .await?;
+            if got.is_none() {
+                continue;
+            }
+            let mut chans = redis::cmd("SMEMBERS");
+            chans.arg(node_channels_key(&node));
+            let channels: Vec<String> = self
+                .call(
+                    RedisCommand::Occupancy,
+                    "listing a dead node's channels",
+                    chans.query_async(conn),
+                )
+                .await?;
+            out.push(crate::broker::Orphan { node, channels });
+        }
+        Ok(out)
+    }
+
+    pub(super) async fn forget_node(
+        &self,
+        conn: &mut impl ConnectionLike,
+        node: &str,
+    ) -> Result<(), BrokerError> {
+        let mut del = redis::cmd("DEL");
+        del.arg(node_channels_key(node));
+        self.call(
+            RedisCommand::Occupancy,
+            "forgetting a dead node",
+            del.query_async::<()>(conn),
+        )
+        .await?;
+        let mut srem = redis::cmd("SREM");
+        srem.arg(NODES_KEY).arg(node);
+        self.call(
+            RedisCommand::Occupancy,
+            "forgetting a dead node",
+            srem.query_async::<()>(conn),
+        )
+        .await
+    }
+
     /// Deletes `channel`'s state and history (client-side shards: the
     /// channel now lives on another shard).
     pub(super) async fn forget(&self, conn: &mut impl ConnectionLike, channel: &str) {
@@ -364,6 +674,11 @@ impl Commands {
                     cmd.arg(meta_key(&c)).arg(ttl);
                     let expire = cmd.query_async::<()>(&mut conn);
                     self.call(RedisCommand::Expire, "refreshing expiry", expire)
+                        .await?;
+                    let mut cmd = redis::cmd("EXPIRE");
+                    cmd.arg(presence_key(&c)).arg(ttl);
+                    let expire = cmd.query_async::<()>(&mut conn);
+                    self.call(RedisCommand::Expire, "refreshing expiry", expire)
                         .await
                 }
             })
@@ -374,6 +689,7 @@ impl Commands {
                 let mut pipe = redis::pipe();
                 for c in chunk {
                     pipe.expire(meta_key(c), ttl).ignore();
+                    pipe.expire(presence_key(c), ttl).ignore();
                 }
                 let mut conn = conn.clone();
                 let expire = pipe.query_async::<()>(&mut conn);
@@ -391,6 +707,21 @@ impl Commands {
             Err(e) => metrics().broker_failure(BrokerOp::Refresh, &e),
         }
     }
+}
+
+/// The nodes that have subscribers on a channel (webhooks' occupancy).
+fn occupancy_key(channel: &str) -> String {
+    format!("herald:{{{channel}}}:o")
+}
+
+/// The channels a node occupies, for cleaning up after it dies.
+fn node_channels_key(node: &str) -> String {
+    format!("herald:node:{node}:ch")
+}
+
+/// A node's liveness key (presence), set with a TTL by its heartbeat.
+fn node_key(node: &str) -> String {
+    format!("herald:node:{node}")
 }
 
 /// The channel a Herald pub/sub (or shard) channel name carries.
@@ -430,6 +761,10 @@ pub(super) fn deliver(sink: &dyn Sink, name: &[u8], payload: &[u8]) {
     let Some(channel) = channel_of(name) else {
         return;
     };
+    if let Some(frame) = payload.strip_prefix(NOTICE_PREFIX) {
+        sink.notice(channel, Bytes::copy_from_slice(frame));
+        return;
+    }
     match parse_payload(payload) {
         Some(p) => {
             if let Some(ms) = p.published_ms {

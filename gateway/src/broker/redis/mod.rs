@@ -32,6 +32,106 @@
 //! lost writes this node saw, and let the sink tell clients that missed
 //! something (4004), so nobody misses a publication silently.
 
+/// The presence and occupancy methods of [`Broker`] for a backend whose
+/// commands go through `self.cmds` on the connection `self.$conn()` gives
+/// (a `Result`): the same on one Redis and on a cluster.
+macro_rules! presence_methods {
+    ($conn:ident) => {
+        fn presence_add<'a>(
+            &'a self,
+            channel: &'a str,
+            session: &'a str,
+            entry: &'a str,
+            max: usize,
+        ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+            Box::pin(async move {
+                let mut conn = self.$conn()?;
+                self.cmds
+                    .presence_add(&mut conn, channel, session, entry, max)
+                    .await
+            })
+        }
+
+        fn presence_remove<'a>(
+            &'a self,
+            channel: &'a str,
+            session: &'a str,
+        ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+            Box::pin(async move {
+                let mut conn = self.$conn()?;
+                self.cmds.presence_remove(&mut conn, channel, session).await
+            })
+        }
+
+        fn presence<'a>(
+            &'a self,
+            channel: &'a str,
+        ) -> BoxFuture<'a, Result<Vec<String>, BrokerError>> {
+            Box::pin(async move { self.cmds.presence(&mut self.$conn()?, channel).await })
+        }
+
+        fn notice<'a>(
+            &'a self,
+            channel: &'a str,
+            frame: bytes::Bytes,
+        ) -> BoxFuture<'a, Result<(), BrokerError>> {
+            Box::pin(async move { self.cmds.notice(&mut self.$conn()?, channel, &frame).await })
+        }
+
+        fn heartbeat<'a>(
+            &'a self,
+            node: &'a str,
+            ttl: std::time::Duration,
+        ) -> BoxFuture<'a, Result<(), BrokerError>> {
+            Box::pin(async move { self.cmds.heartbeat(&mut self.$conn()?, node, ttl).await })
+        }
+
+        fn alive<'a>(
+            &'a self,
+            nodes: &'a [String],
+        ) -> BoxFuture<'a, Result<Vec<bool>, BrokerError>> {
+            Box::pin(async move { self.cmds.alive(&mut self.$conn()?, nodes).await })
+        }
+
+        fn occupy<'a>(
+            &'a self,
+            channel: &'a str,
+            node: &'a str,
+        ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+            Box::pin(async move {
+                let mut conn = self.$conn()?;
+                let first = self.cmds.occupy(&mut conn, channel, node).await?;
+                self.cmds.track(&mut conn, node, channel, true).await?;
+                Ok(first)
+            })
+        }
+
+        fn vacate<'a>(
+            &'a self,
+            channel: &'a str,
+            node: &'a str,
+        ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+            Box::pin(async move {
+                let mut conn = self.$conn()?;
+                let last = self.cmds.vacate(&mut conn, channel, node).await?;
+                self.cmds.track(&mut conn, node, channel, false).await?;
+                Ok(last)
+            })
+        }
+
+        fn orphans<'a>(
+            &'a self,
+            me: &'a str,
+        ) -> BoxFuture<'a, Result<Vec<crate::broker::Orphan>, BrokerError>> {
+            Box::pin(async move { self.cmds.orphans(&mut self.$conn()?, me).await })
+        }
+
+        fn forget_node<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+            Box::pin(async move { self.cmds.forget_node(&mut self.$conn()?, node).await })
+        }
+    };
+}
+
 pub(crate) mod cluster;
 mod commands;
 pub(crate) mod sentinel;

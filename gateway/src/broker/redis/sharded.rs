@@ -14,6 +14,7 @@
 
 use super::super::{BoxFuture, Broker, BrokerError, History, HistoryConfig, Position};
 use super::single::RedisBroker;
+use bytes::Bytes;
 use herald_proto::redis::shard_of;
 use serde_json::value::RawValue;
 use std::sync::Arc;
@@ -113,5 +114,88 @@ impl Broker for ShardedBroker {
             self.all_seen_up.store(true, Ordering::Release);
         }
         all
+    }
+
+    fn presence_add<'a>(
+        &'a self,
+        channel: &'a str,
+        session: &'a str,
+        entry: &'a str,
+        max: usize,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        self.shard(channel)
+            .1
+            .presence_add(channel, session, entry, max)
+    }
+
+    fn presence_remove<'a>(
+        &'a self,
+        channel: &'a str,
+        session: &'a str,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        self.shard(channel).1.presence_remove(channel, session)
+    }
+
+    fn presence<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Vec<String>, BrokerError>> {
+        self.shard(channel).1.presence(channel)
+    }
+
+    fn notice<'a>(
+        &'a self,
+        channel: &'a str,
+        frame: Bytes,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.shard(channel).1.notice(channel, frame)
+    }
+
+    /// Node liveness lives on the first shard, like the shared secret.
+    fn heartbeat<'a>(
+        &'a self,
+        node: &'a str,
+        ttl: Duration,
+    ) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.shards[0].heartbeat(node, ttl)
+    }
+
+    fn alive<'a>(&'a self, nodes: &'a [String]) -> BoxFuture<'a, Result<Vec<bool>, BrokerError>> {
+        self.shards[0].alive(nodes)
+    }
+
+    /// Occupancy on the channel's shard; the node's list of channels on the
+    /// first shard, with the node registry and liveness.
+    fn occupy<'a>(
+        &'a self,
+        channel: &'a str,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        Box::pin(async move {
+            let first = self.shard(channel).1.occupy_channel(channel, node).await?;
+            self.shards[0].track(node, channel, true).await?;
+            Ok(first)
+        })
+    }
+
+    fn vacate<'a>(
+        &'a self,
+        channel: &'a str,
+        node: &'a str,
+    ) -> BoxFuture<'a, Result<bool, BrokerError>> {
+        Box::pin(async move {
+            let last = self.shard(channel).1.vacate_channel(channel, node).await?;
+            self.shards[0].track(node, channel, false).await?;
+            Ok(last)
+        })
+    }
+
+    fn orphans<'a>(
+        &'a self,
+        me: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<crate::broker::Orphan>, BrokerError>> {
+        self.shards[0].orphans(me)
+    }
+
+    /// Vacates on each channel's own shard first: see [`Self::vacate`].
+    fn forget_node<'a>(&'a self, node: &'a str) -> BoxFuture<'a, Result<(), BrokerError>> {
+        self.shards[0].forget_node(node)
     }
 }

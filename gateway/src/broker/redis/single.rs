@@ -181,6 +181,38 @@ impl RedisBroker {
         }
     }
 
+    /// Occupancy of a channel on this shard only (client-side shards keep
+    /// the node's channel list on the first shard).
+    pub(super) async fn occupy_channel(
+        &self,
+        channel: &str,
+        node: &str,
+    ) -> Result<bool, BrokerError> {
+        self.cmds.occupy(&mut self.conn(), channel, node).await
+    }
+
+    pub(super) async fn vacate_channel(
+        &self,
+        channel: &str,
+        node: &str,
+    ) -> Result<bool, BrokerError> {
+        self.cmds.vacate(&mut self.conn(), channel, node).await
+    }
+
+    pub(super) async fn track(
+        &self,
+        node: &str,
+        channel: &str,
+        add: bool,
+    ) -> Result<(), BrokerError> {
+        self.cmds.track(&mut self.conn(), node, channel, add).await
+    }
+
+    /// [`Self::conn`] for code shared with backends whose connection may be missing.
+    fn checked_conn(&self) -> Result<ConnectionManager, BrokerError> {
+        Ok(self.conn())
+    }
+
     /// Deletes `channel`'s state here (it lives on another shard now).
     pub(super) async fn forget(&self, channel: &str) {
         self.cmds.forget(&mut self.conn(), channel).await;
@@ -387,6 +419,8 @@ impl Broker for RedisBroker {
     fn is_ready(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
+
+    presence_methods!(checked_conn);
 }
 
 /// How often a connected node under Sentinel asks whether the master moved.

@@ -287,10 +287,17 @@ impl SioInbound {
             ack: p.id,
         });
         let event = args.name;
+        // Presence questions ride on emits with an ack (Socket.IO has no
+        // other request/response), named so no application event collides.
+        let op = match &*event {
+            PRESENCE_EVENT => Op::Presence,
+            PRESENCE_STATS_EVENT => Op::PresenceStats,
+            _ => Op::Emit,
+        };
         session
             .command(|| {
                 Ok(Command {
-                    op: Op::Emit,
+                    op,
                     id: Some(id),
                     channel: Some(Cow::Borrowed(ch)),
                     event: Some(event),
@@ -301,6 +308,12 @@ impl SioInbound {
             .await;
     }
 }
+
+/// The emit a Socket.IO client sends (with an ack) to ask who is in its
+/// namespace's channel; the ack carries the presence list.
+const PRESENCE_EVENT: &str = "herald:presence";
+/// The same for the counts: the ack carries `{"clients","users"}`.
+const PRESENCE_STATS_EVENT: &str = "herald:presence_stats";
 
 /// Closes the connection for a packet that cannot be read; true (stop reading).
 fn unreadable(link: &SessionLink, e: packet::PacketError) -> bool {
@@ -379,6 +392,11 @@ struct ReplyView<'a> {
     offset: Option<u64>,
     #[serde(default)]
     recovered: Option<bool>,
+    /// `presence`: the list; `presence_stats`: the connection count.
+    #[serde(default, borrow)]
+    clients: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    users: Option<u64>,
 }
 
 /// Writes items as Engine.IO/Socket.IO text messages, or as the packets
@@ -456,6 +474,28 @@ impl SioFraming {
                     ack: Some(ack),
                 },
             ) => Some(packet::ack(&nsp, ack, &packet::ack_error(code, message))),
+            (
+                "presence",
+                Pending::Emit {
+                    nsp,
+                    ack: Some(ack),
+                },
+            ) => Some(packet::ack(&nsp, ack, r.clients.map_or("[]", |c| c.get()))),
+            (
+                "presence_stats",
+                Pending::Emit {
+                    nsp,
+                    ack: Some(ack),
+                },
+            ) => Some(packet::ack(
+                &nsp,
+                ack,
+                &format!(
+                    "{{\"clients\":{},\"users\":{}}}",
+                    r.clients.map_or("0", |c| c.get()),
+                    r.users.unwrap_or(0)
+                ),
+            )),
             ("pong", Pending::Main) => {
                 book.joined.insert("/".into());
                 Some(packet::connected("/", &book.sid, None))
@@ -473,7 +513,9 @@ impl SioFraming {
 impl Framing for SioFraming {
     fn item(&mut self, buf: &mut Vec<u8>, item: &Outbound) {
         match item {
-            Outbound::Publication(_) => self.push(buf, item.encoded(Wire::SocketIo)),
+            Outbound::Publication(_) | Outbound::Notice(_) => {
+                self.push(buf, item.encoded(Wire::SocketIo))
+            }
             Outbound::Frame(f) if f.first() == Some(&b'{') => {
                 if let Some(packet) = self.translate(f) {
                     self.push(buf, packet.as_bytes());

@@ -312,6 +312,19 @@ pub(crate) fn ack_error(code: &str, message: &str) -> String {
     out
 }
 
+/// `42/<channel>,["<event>",<data>]`: an event with no position (presence notices).
+pub(crate) fn notice(channel: &str, event: &str, data: &str) -> String {
+    let mut out = String::with_capacity(16 + channel.len() + event.len() + data.len());
+    out.push_str("42/");
+    out.push_str(channel);
+    out.push_str(",[");
+    json_str(&mut out, event);
+    out.push(',');
+    out.push_str(data);
+    out.push(']');
+    out
+}
+
 /// A publication as a Socket.IO EVENT: `42/nsp,["event",data,"EPOCH:OFFSET"]`.
 /// `data` must be valid JSON; it is copied as-is.
 pub(crate) fn event(channel: &str, event: &str, data: &str, epoch: &str, offset: u64) -> String {
