@@ -7,6 +7,7 @@ import { afterEach, describe, expect, it } from "vitest";
 import WebSocket from "ws";
 import { Herald, type PresenceClient } from "../../src/index.js";
 import { eventually, startNode, startRedis, stopAll } from "../harness.js";
+import { connected } from "../socketio/sockets.js";
 
 const clients: Herald[] = [];
 const sockets: Socket[] = [];
@@ -68,10 +69,10 @@ describe("presence", () => {
     const leaves: PresenceClient[] = [];
     s1.on("herald:join", (c: PresenceClient) => joins.push(c));
     s1.on("herald:leave", (c: PresenceClient) => leaves.push(c));
-    await new Promise((r) => s1.once("connect", r));
+    await connected(s1);
     const s2 = io(`${b.http}/room:9`, opts);
     sockets.push(s2);
-    await new Promise((r) => s2.once("connect", r));
+    await connected(s2);
     await eventually("s1 hears s2 join", () => joins.length === 1);
     const list = (await s1.timeout(5000).emitWithAck("herald:presence")) as PresenceClient[];
     expect(list.length).toBe(2);
