@@ -93,6 +93,9 @@ pub(crate) struct Identity {
     pub(crate) channels: Vec<String>,
     /// `exp`, seconds since the UNIX epoch; `None` in open mode.
     pub(crate) expires: Option<u64>,
+    /// What the token's `info` claim (or the connect hook) says about the
+    /// user: shown to others in presence answers and join/leave.
+    pub(crate) info: Option<serde_json::Value>,
 }
 
 /// The claims Herald reads; others are ignored.
@@ -114,6 +117,10 @@ pub struct Claims {
     /// One audience or several (checked by the JWT library, only carried here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aud: Option<serde_json::Value>,
+    /// Connect tokens: public details of the user (a display name, an
+    /// avatar), shown in presence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<serde_json::Value>,
 }
 
 fn numeric_date<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -189,6 +196,7 @@ impl Auth {
             user,
             channels: c.channels.unwrap_or_default(),
             expires: Some(c.exp),
+            info: c.info,
         })
     }
 
@@ -485,6 +493,7 @@ mod tests {
             channel: None,
             iss: None,
             aud: None,
+            info: None,
         }
     }
 

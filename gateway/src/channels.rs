@@ -179,6 +179,7 @@ mod tests {
             user: user.to_owned(),
             channels: channels.iter().map(|c| (*c).to_owned()).collect(),
             expires: None,
+            info: None,
         }
     }
 

@@ -70,6 +70,9 @@ struct TokenArgs {
     /// Make a subscribe token for this one channel instead of a connection token.
     #[arg(long, value_name = "CHANNEL", conflicts_with = "channels")]
     channel: Option<String>,
+    /// Public details shown in presence, as JSON, e.g. '{"name":"Ada"}' (the `info` claim).
+    #[arg(long, value_name = "JSON", value_parser = json_value)]
+    info: Option<serde_json::Value>,
     /// Lifetime.
     #[arg(long, value_parser = duration, default_value = "1h")]
     ttl: Duration,
@@ -329,9 +332,15 @@ fn token(a: TokenArgs) -> anyhow::Result<()> {
         channel: a.channel,
         iss: file.auth.issuer,
         aud: file.auth.audience.map(serde_json::Value::from),
+        info: a.info,
     };
     println!("{}", herald::auth::mint_hs256(&secret, &claims)?);
     Ok(())
+}
+
+/// A `--info` value: any JSON.
+fn json_value(s: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(s).map_err(|e| format!("not JSON: {e}"))
 }
 
 /// Minimal HTTP/1.1 POST over hyper's client connection: no TLS, no pooling,

@@ -80,13 +80,13 @@ impl Presence {
     }
 
     /// The entry this node would store for a session.
-    pub(crate) fn client(&self, user: &str, session: &str) -> PresenceClient {
+    pub(crate) fn client(&self, who: &crate::auth::Identity, session: &str) -> PresenceClient {
         PresenceClient {
-            user: user.to_owned(),
+            user: who.user.clone(),
             session: session.to_owned(),
             node: self.node.clone(),
             joined_at: crate::clock::now_millis(),
-            info: None,
+            info: who.info.clone(),
         }
     }
 

@@ -157,6 +157,9 @@ pub(crate) struct ConnectAnswer {
     /// Channels to subscribe the connection to right away.
     #[serde(default)]
     pub(crate) channels: Vec<String>,
+    /// Public details of the user, shown in presence.
+    #[serde(default)]
+    pub(crate) info: Option<serde_json::Value>,
 }
 
 /// What the publish hook decided about an emit it allowed.

@@ -88,6 +88,7 @@ impl Session {
             user: answer.user,
             channels: Vec::new(),
             expires: answer.expire_at,
+            info: answer.info,
         });
         Some(answer.channels)
     }

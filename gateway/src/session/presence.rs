@@ -17,7 +17,7 @@ impl Session {
         if !presence.enabled(ch) || self.present.contains_key(ch) {
             return Ok(());
         }
-        let client = presence.client(&self.identity.user, &self.session);
+        let client = presence.client(&self.identity, &self.session);
         presence.join(ch, &client).await?;
         self.present.insert(ch.into(), client);
         Ok(())

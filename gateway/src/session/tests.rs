@@ -73,6 +73,7 @@ fn jwt(user: &str, exp: u64) -> String {
         channel: None,
         iss: None,
         aud: None,
+        info: None,
     };
     mint_hs256(SECRET, &claims).expect("mint")
 }

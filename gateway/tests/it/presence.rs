@@ -197,3 +197,57 @@ async fn presence_spans_nodes_and_a_killed_nodes_clients_expire_and_leave() {
     on_a.silent_for(std::time::Duration::from_millis(2500))
         .await;
 }
+
+#[tokio::test]
+async fn presence_shows_the_info_the_connection_token_carries() {
+    const SECRET: &str = "presence-test-secret-of-32-bytes!!";
+    let cfg = config_file(
+        "presence-info",
+        &format!(
+            "[auth]\njwt_secret = \"{SECRET}\"\n[namespaces.room]\npresence = true\njoin_leave = true\n"
+        ),
+    );
+    let gw = herald().start(&["--config", cfg.to_str().expect("path")]);
+    let token = |sub: &str, info: Value| {
+        let claims = herald::auth::Claims {
+            sub: Some(sub.to_owned()),
+            exp: herald::clock::now_secs() + 300,
+            channels: None,
+            channel: None,
+            iss: None,
+            aud: None,
+            info: Some(info),
+        };
+        herald::auth::mint_hs256(SECRET, &claims).expect("mint")
+    };
+    let mut ada = gw.client().await;
+    let r = ada
+        .request(json!({"op":"connect","token":token("ada", json!({"name":"Ada L."}))}))
+        .await;
+    assert_eq!(r["op"], "connected", "{r}");
+    ada.subscribe("room:info").await;
+    let mut bob = gw.client().await;
+    bob.request(json!({"op":"connect","token":token("bob", json!({"name":"Bob"}))}))
+        .await;
+    bob.subscribe("room:info").await;
+    let join = notice(&mut ada).await;
+    assert_eq!(
+        (&join["client"]["user"], &join["client"]["info"]),
+        (&json!("bob"), &json!({"name":"Bob"})),
+        "{join}"
+    );
+    let r = bob
+        .request(json!({"op":"presence","channel":"room:info"}))
+        .await;
+    let infos: Vec<&Value> = r["clients"]
+        .as_array()
+        .expect("clients")
+        .iter()
+        .map(|c| &c["info"])
+        .collect();
+    assert_eq!(
+        infos,
+        [&json!({"name":"Ada L."}), &json!({"name":"Bob"})],
+        "{r}"
+    );
+}
