@@ -381,8 +381,8 @@ impl Hub {
         }
         pos.offset = offset;
         let started = std::time::Instant::now();
-        // Queued, by protocol (`Protocol::Herald`, `Protocol::Socketio`).
-        let mut sent = [0u64; 2];
+        // Queued, by protocol (`Protocol::Herald`, `Socketio`, `Sse`).
+        let mut sent = [0u64; 3];
         let mut dropped = 0u64;
         for s in &mut ch.subs {
             match &mut s.held {
@@ -401,12 +401,12 @@ impl Hub {
             }
         }
         let m = metrics();
-        for p in [Protocol::Herald, Protocol::Socketio] {
+        for p in [Protocol::Herald, Protocol::Socketio, Protocol::Sse] {
             if sent[p as usize] > 0 {
                 m.delivered.get(p).inc_by(sent[p as usize]);
             }
         }
-        let sent = sent[0] + sent[1];
+        let sent = sent.iter().sum::<u64>();
         m.fanout_size.observe(sent as f64);
         m.fanout_duration.observe(started.elapsed().as_secs_f64());
         if dropped > 0 {

@@ -7,7 +7,8 @@
 //! process, or inside Redis by the publish script), and any other format is
 //! made from it by the first subscriber that needs it, then kept in a
 //! `OnceLock` slot for every other subscriber of that format (Socket.IO's
-//! `42/channel,[...]` text: [`Publication::encoded`]).
+//! `42/channel,[...]` text, the SSE `event:`/`data:` lines:
+//! [`Publication::encoded`]).
 
 use bytes::Bytes;
 use herald_proto::Reply;
@@ -23,6 +24,11 @@ pub(crate) enum Wire {
     /// session, and its writer turns each into the Socket.IO packet it
     /// answers (an ack, a CONNECT reply). Publications get their own text.
     SocketIo,
+    /// Server-Sent Events (`transport::sse`). Replies are queued as Herald
+    /// v1 JSON too, read by the stream's writer. Publications are shared as
+    /// their `event:` + `data:` lines ([`SseEvent`]); the `id:` line is the
+    /// writer's, per stream.
+    Sse,
 }
 
 impl Wire {
@@ -31,13 +37,14 @@ impl Wire {
         match self {
             Self::Herald => crate::metrics::Protocol::Herald,
             Self::SocketIo => crate::metrics::Protocol::Socketio,
+            Self::Sse => crate::metrics::Protocol::Sse,
         }
     }
 
     /// Encodes a reply or notice for this format.
     pub(crate) fn reply(self, reply: &Reply<'_>) -> Box<[u8]> {
         match self {
-            Self::Herald | Self::SocketIo => reply.to_vec().into_boxed_slice(),
+            Self::Herald | Self::SocketIo | Self::Sse => reply.to_vec().into_boxed_slice(),
         }
     }
 }
@@ -56,6 +63,21 @@ pub(crate) struct Publication {
     /// The Socket.IO `42/channel,["event",data,"EPOCH:OFFSET"]` text, made
     /// on first use.
     socketio: OnceLock<Box<[u8]>>,
+    /// The SSE event's shared lines, made on first use.
+    sse: OnceLock<SseEvent>,
+}
+
+/// A publication as every SSE stream shares it. Its `id:` line cannot be
+/// shared: it carries the position of *every* channel of the stream (so one
+/// `Last-Event-ID` resumes them all), which differs from stream to stream.
+/// So only `event:` + `data:` are encoded here, once per publication, and
+/// each stream's writer appends its own `id:` line and the blank line that
+/// ends the event, keeping its positions up to date from `channel`.
+#[derive(Debug, Default)]
+pub(crate) struct SseEvent {
+    pub(crate) channel: Box<str>,
+    /// `event: NAME\ndata: JSON\n`.
+    pub(crate) lines: Box<[u8]>,
 }
 
 impl Publication {
@@ -65,29 +87,42 @@ impl Publication {
             offset,
             herald,
             socketio: OnceLock::new(),
+            sse: OnceLock::new(),
         })
     }
 
-    /// The publication in `wire`'s format, shared by every subscriber of that format.
+    /// The publication in `wire`'s format, shared by every subscriber of
+    /// that format (for SSE, the lines without `id:`: see [`SseEvent`]).
     pub(crate) fn encoded(&self, wire: Wire) -> &[u8] {
         match wire {
             Wire::Herald => &self.herald,
             Wire::SocketIo => self.socketio.get_or_init(|| self.socketio_text()),
+            Wire::Sse => &self.sse().lines,
         }
+    }
+
+    /// The SSE form, built from the Herald frame once per publication.
+    pub(crate) fn sse(&self) -> &SseEvent {
+        self.sse.get_or_init(|| match self.frame() {
+            Ok(f) => SseEvent {
+                channel: f.channel.as_ref().into(),
+                lines: crate::transport::sse::event_lines(&f.event, f.data.get()),
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "publication frame is not a message frame");
+                SseEvent::default()
+            }
+        })
+    }
+
+    /// The Herald frame's fields other formats are made of.
+    fn frame(&self) -> serde_json::Result<MessageView<'_>> {
+        serde_json::from_slice(&self.herald)
     }
 
     /// Builds the Socket.IO event from the Herald frame (once per publication).
     fn socketio_text(&self) -> Box<[u8]> {
-        #[derive(serde::Deserialize)]
-        struct Frame<'a> {
-            #[serde(borrow)]
-            channel: std::borrow::Cow<'a, str>,
-            #[serde(borrow)]
-            event: std::borrow::Cow<'a, str>,
-            #[serde(borrow)]
-            data: &'a serde_json::value::RawValue,
-        }
-        match serde_json::from_slice::<Frame<'_>>(&self.herald) {
+        match self.frame() {
             Ok(f) => crate::transport::socketio::packet::event(
                 &f.channel,
                 &f.event,
@@ -111,6 +146,17 @@ impl Publication {
     }
 }
 
+/// A Herald `message` frame, read.
+#[derive(serde::Deserialize)]
+struct MessageView<'a> {
+    #[serde(borrow)]
+    channel: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    event: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
+}
+
 /// A presence notice (`join`/`leave`) for one channel's subscribers: not a
 /// publication (no offset, not in history), but shared and encoded once per
 /// wire format like one.
@@ -120,6 +166,8 @@ pub(crate) struct Notice {
     herald: Bytes,
     /// Socket.IO `42/channel,["herald:join",{client}]`, made on first use.
     socketio: OnceLock<Box<[u8]>>,
+    /// SSE `event: herald:join` + `data:` the Herald frame, made on first use.
+    sse: OnceLock<Box<[u8]>>,
 }
 
 impl Notice {
@@ -127,6 +175,7 @@ impl Notice {
         Arc::new(Self {
             herald,
             socketio: OnceLock::new(),
+            sse: OnceLock::new(),
         })
     }
 
@@ -134,6 +183,17 @@ impl Notice {
         match wire {
             Wire::Herald => &self.herald,
             Wire::SocketIo => self.socketio.get_or_init(|| self.socketio_text()),
+            Wire::Sse => self.sse.get_or_init(|| {
+                let join = self.herald.starts_with(br#"{"op":"join""#);
+                let name = if join { "herald:join" } else { "herald:leave" };
+                let mut ev = crate::transport::sse::event_lines(
+                    name,
+                    &String::from_utf8_lossy(&self.herald),
+                )
+                .into_vec();
+                ev.push(b'\n');
+                ev.into_boxed_slice()
+            }),
         }
     }
 
@@ -222,6 +282,22 @@ mod tests {
         assert_eq!(first, br#"42/reviews,["added",{"a":[1]},"E1:7"]"#);
         let again = Outbound::Publication(Arc::clone(&p));
         assert_eq!(again.encoded(Wire::SocketIo).as_ptr(), first.as_ptr());
+    }
+
+    #[test]
+    fn sse_lines_are_built_once_and_shared() {
+        let mut frame = herald_proto::MessageFrame::prefix(
+            "user:1",
+            "added",
+            &serde_json::value::RawValue::from_string("{\"a\":\n[1]}".to_owned()).expect("json"),
+        );
+        herald_proto::MessageFrame::finish(&mut frame, "E1", 7);
+        let p = Publication::new("E1".into(), 7, Bytes::from(frame));
+        let first = p.encoded(Wire::Sse);
+        assert_eq!(first, b"event: added\ndata: {\"a\": [1]}\n");
+        assert_eq!(&*p.sse().channel, "user:1");
+        let again = Outbound::Publication(Arc::clone(&p));
+        assert_eq!(again.encoded(Wire::Sse).as_ptr(), first.as_ptr());
     }
 
     #[test]

@@ -361,6 +361,8 @@ labels! {
         Herald => "herald",
         /// Socket.IO over Engine.IO (`/socket.io/`), polling or WebSocket.
         Socketio => "socketio",
+        /// Server-Sent Events (`/sse`).
+        Sse => "sse",
     }
 }
 

@@ -149,6 +149,7 @@ pub(crate) struct ShardMetrics {
 pub(crate) struct PerProtocol<T> {
     herald: T,
     socketio: T,
+    sse: T,
 }
 
 impl<T> PerProtocol<T> {
@@ -156,6 +157,7 @@ impl<T> PerProtocol<T> {
         Self {
             herald: f(Protocol::Herald),
             socketio: f(Protocol::Socketio),
+            sse: f(Protocol::Sse),
         }
     }
 
@@ -164,6 +166,7 @@ impl<T> PerProtocol<T> {
         match p {
             Protocol::Herald => &self.herald,
             Protocol::Socketio => &self.socketio,
+            Protocol::Sse => &self.sse,
         }
     }
 }
@@ -171,7 +174,7 @@ impl<T> PerProtocol<T> {
 impl PerProtocol<IntGauge> {
     /// Every protocol's connections together (admission and drain count these).
     pub(crate) fn total(&self) -> i64 {
-        self.herald.get() + self.socketio.get()
+        self.herald.get() + self.socketio.get() + self.sse.get()
     }
 }
 

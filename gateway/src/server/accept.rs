@@ -50,6 +50,9 @@ pub(crate) struct Client {
     pub(crate) ip: IpAddr,
     /// The connection's charges; an upgrade takes them (see [`Charges::take`]).
     pub(crate) charges: Charges,
+    /// Drops the connection at once, whatever it is doing: for a streamed
+    /// response (SSE) whose reader stopped reading.
+    pub(crate) abort: CancellationToken,
 }
 
 /// The fd-budget slot and address slot a connection holds.
@@ -207,11 +210,13 @@ async fn connection(
         (peer.ip(), Bytes::new(), address)
     };
     let served = Arc::new(AtomicBool::new(false));
+    let abort = CancellationToken::new();
     let service = WithClient {
         app,
         client: Client {
             ip,
             charges: Charges::new(fd, address),
+            abort: abort.clone(),
         },
         served: Arc::clone(&served),
     };
@@ -226,8 +231,12 @@ async fn connection(
         r = conn.as_mut() => r,
         () = ctx.stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
-            conn.await
+            tokio::select! {
+                r = conn => r,
+                () = abort.cancelled() => return,
+            }
         }
+        () = abort.cancelled() => return,
     };
     if let Err(e) = res {
         if e.is_timeout() {

@@ -1,6 +1,6 @@
 //! Server: wires the layers together and owns the listeners and lifecycle.
 //!
-//! Builds hub → broker → node once, mounts `/ws`, `/socket.io/` + the demo page on the
+//! Builds hub → broker → node once, mounts `/ws`, `/socket.io/`, `/sse` + the demo page on the
 //! public listener and the API, metrics and probes on the admin listener (or
 //! the public one when no admin listener is configured), and runs until
 //! SIGTERM/SIGINT, then shuts down in order: stop accepting (new WebSockets
@@ -234,6 +234,7 @@ impl Server {
             .route("/", get(|| async { Html(DEMO_PAGE) }))
             .route("/herald.js", get(client_bundle))
             .route("/ws", get(ws_upgrade))
+            .route("/sse", get(sse_get).options(socketio_preflight))
             .route(
                 "/socket.io",
                 get(socketio_get)
@@ -633,33 +634,15 @@ fn upgrade_to(
         }
         return r;
     }
-    // Behind a trusted proxy, the client named by the forwarding headers is
-    // charged for the session (the proxy itself is not).
-    let mut behind_proxy = None;
-    if let Some(axum::Extension(c)) = &client {
-        let trusted = &st.accept.trusted;
-        if trusted.contains(c.ip) {
-            let hops = admission::forwarded_hops(&headers);
-            let real = trusted.client_from_headers(c.ip, hops.into_iter());
-            if !trusted.contains(real) {
-                match st.accept.per_address.admit(real) {
-                    Ok(slot) => behind_proxy = Some(slot),
-                    Err(reason) => {
-                        metrics().refused(reason);
-                        if let Protocol::SocketIoUpgrade(h) = &protocol {
-                            h.abandon();
-                        }
-                        return (
-                            StatusCode::TOO_MANY_REQUESTS,
-                            [(header::CONNECTION, "close")],
-                            "too many connections from this address\n",
-                        )
-                            .into_response();
-                    }
-                }
+    let behind_proxy = match charge_forwarded(&st, client.as_ref(), &headers) {
+        Ok(slot) => slot,
+        Err(r) => {
+            if let Protocol::SocketIoUpgrade(h) = &protocol {
+                h.abandon();
             }
+            return *r;
         }
-    }
+    };
     let (resp, fut) = match upgrade.upgrade() {
         Ok(x) => x,
         Err(e) => {
@@ -692,6 +675,102 @@ fn upgrade_to(
         }
     });
     resp.into_response()
+}
+
+/// Behind a trusted proxy, the client named by the forwarding headers is
+/// charged for a session (the proxy itself is not): its slot, or the 429.
+fn charge_forwarded(
+    st: &AppState,
+    client: Option<&axum::Extension<accept::Client>>,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<admission::AddressSlot>, Box<Response>> {
+    let Some(axum::Extension(c)) = client else {
+        return Ok(None);
+    };
+    let trusted = &st.accept.trusted;
+    if !trusted.contains(c.ip) {
+        return Ok(None);
+    }
+    let hops = admission::forwarded_hops(headers);
+    let real = trusted.client_from_headers(c.ip, hops.into_iter());
+    if trusted.contains(real) {
+        return Ok(None);
+    }
+    st.accept
+        .per_address
+        .admit(real)
+        .map(Some)
+        .map_err(|reason| {
+            metrics().refused(reason);
+            Box::new(
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::CONNECTION, "close")],
+                    "too many connections from this address\n",
+                )
+                    .into_response(),
+            )
+        })
+}
+
+/// `GET /sse?channel=…`: a Server-Sent Events stream (`transport::sse`),
+/// admitted like a WebSocket (drain, origin, `max_connections`, the
+/// forwarded client's address); readable from allowed origins (CORS).
+async fn sse_get(
+    State(st): State<AppState>,
+    client: Option<axum::Extension<accept::Client>>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    use transport::sse::{SseRequest, Start};
+    let mut resp = 'resp: {
+        if let Some(r) = refuse_new(&st, &headers, true) {
+            return r;
+        }
+        let req = match SseRequest::read(uri.query(), &headers) {
+            Ok(r) => r,
+            Err(e) => break 'resp (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+        };
+        let behind_proxy = match charge_forwarded(&st, client.as_ref(), &headers) {
+            Ok(slot) => slot,
+            Err(r) => return *r,
+        };
+        let abort = client.map(|c| c.0.abort).unwrap_or_default();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (ctx, hooked) = (st.sessions.clone(), client_headers(&st, &headers));
+        st.tracker.spawn(async move {
+            let _held = behind_proxy;
+            transport::sse::run(ctx, req, hooked, tx, abort).await
+        });
+        match rx.await {
+            Ok(Start::Stream(body)) => (
+                [
+                    (header::CONTENT_TYPE, "text/event-stream"),
+                    (header::CACHE_CONTROL, "no-cache"),
+                    (header::HeaderName::from_static("x-accel-buffering"), "no"),
+                ],
+                body,
+            )
+                .into_response(),
+            Ok(Start::Refused(status, message)) => {
+                let mut r = (status, message).into_response();
+                if status == StatusCode::UNAUTHORIZED {
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        header::HeaderValue::from_static("Bearer"),
+                    );
+                }
+                r
+            }
+            Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+        }
+    };
+    if headers.contains_key(header::ORIGIN) {
+        let h = resp.headers_mut();
+        allow_origin(h, &headers);
+        h.insert(header::VARY, header::HeaderValue::from_static("origin"));
+    }
+    resp
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {

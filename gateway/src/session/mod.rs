@@ -347,6 +347,7 @@ impl Session {
             transport: match self.wire {
                 Wire::Herald => "websocket",
                 Wire::SocketIo => "socketio",
+                Wire::Sse => "sse",
             },
             headers: &self.headers,
             user: Some(self.identity.user.as_str()).filter(|u| !u.is_empty()),

@@ -12,6 +12,9 @@
 //! - [`socketio`]: Socket.IO v5 over Engine.IO v4: the WebSocket transport
 //!   (on `ws`'s machinery) and HTTP long-polling, with the upgrade from
 //!   polling to WebSocket.
+//! - [`sse`]: Server-Sent Events over plain HTTP/1.1 (one-way: the request
+//!   names the channels), resumable from `Last-Event-ID`.
 
 pub(crate) mod socketio;
+pub(crate) mod sse;
 pub(crate) mod ws;
