@@ -24,5 +24,6 @@ mod redis_shards;
 mod redis_tls;
 mod resume;
 mod single_node;
+mod sse;
 mod telemetry;
 mod webhooks;
