@@ -144,3 +144,60 @@ fn documented_commands_print_what_the_docs_show() {
     }
     assert!(ran >= 14, "only {ran} documented commands found");
 }
+
+#[tokio::test]
+async fn sse_curl_examples_stream_and_resume() {
+    let gw = herald().start(&[]);
+    let md = doc("sse.md");
+    // Whole commands: continuation lines joined.
+    let cmds: Vec<String> = blocks(&md, "sh")
+        .into_iter()
+        .flat_map(|b| {
+            b.replace("\\\n", " ")
+                .lines()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| l.starts_with("curl "))
+        .map(|l| l.replace("localhost:8080", &gw.public.to_string()))
+        .collect();
+    let [stream, publish, resume] = cmds.as_slice() else {
+        panic!("sse.md shows a stream, a publish and a resume: {cmds:?}");
+    };
+    let run = |cmd: String| {
+        std::thread::spawn(move || {
+            let out = Command::new("bash")
+                .args(["-c", &cmd])
+                .output()
+                .expect("bash and curl are installed");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    let streaming = run(stream.clone());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let published = run(publish.clone()).join().expect("publish");
+    assert!(published.contains("\"offset\":1"), "{published}");
+    let text = streaming.join().expect("stream");
+    assert!(
+        text.contains("event: review_added\ndata: {\"stars\":5}\nid: reviews="),
+        "{text}"
+    );
+    // The resume example, with this node's epochs for the doc's made-up ones.
+    let first_id = text
+        .lines()
+        .find_map(|l| l.strip_prefix("id: "))
+        .expect("an id");
+    let doc_id = resume
+        .split("Last-Event-ID: ")
+        .nth(1)
+        .expect("a Last-Event-ID")
+        .trim_end_matches('\'');
+    let resumed = run(resume.replace(doc_id, first_id))
+        .join()
+        .expect("resume");
+    assert!(
+        resumed.contains("event: review_added\ndata: {\"stars\":5}")
+            && !resumed.contains("unrecovered"),
+        "the resume replays the publication: {resumed}"
+    );
+}
