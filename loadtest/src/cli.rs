@@ -35,6 +35,8 @@ pub enum Command {
     Abuse(AbuseArgs),
     /// Clients that drop their connection every few seconds and resume: delivery through it.
     Jitter(JitterArgs),
+    /// Serve the fan-out floor: a bare WebSocket fan-out server (no Herald code) to measure against.
+    Floor(crate::floor::FloorArgs),
 }
 
 /// Server kind behind `--url`.
@@ -387,6 +389,8 @@ impl Command {
             Self::Flood(a) => &a.common,
             Self::Abuse(a) => &a.common,
             Self::Jitter(a) => &a.common,
+            // `main` serves the floor before it looks for scenario options.
+            Self::Floor(_) => unreachable!("the floor server runs no scenario"),
         }
     }
 }

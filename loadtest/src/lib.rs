@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod delivery;
 pub mod flood;
+pub mod floor;
 pub mod idle;
 pub mod jitter;
 pub mod net;
@@ -39,6 +40,7 @@ pub async fn run(cmd: Command) -> anyhow::Result<Report> {
         // Its own report type; this is the attacked phase only.
         Command::Abuse(a) => abuse::abuse(a).await.map(|r| r.summary()),
         Command::Jitter(a) => jitter::jitter(a).await,
+        Command::Floor(_) => anyhow::bail!("the floor is a server, not a scenario"),
     }
 }
 

@@ -31,6 +31,15 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::Floor(a) = &cli.cmd {
+        return match rt.block_on(herald_loadtest::floor::serve(a.clone())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: floor: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Command::Abuse(a) = &cli.cmd {
         return herald_loadtest::abuse::main(rt, a.clone());
     }

@@ -441,3 +441,88 @@ async fn unreachable_target_is_a_clear_error() {
     let msg = format!("{err:#}");
     assert!(msg.contains("cannot reach") && msg.contains(&url), "{msg}");
 }
+
+/// A `herald-load floor` process, killed when dropped.
+struct FloorProcess(std::process::Child);
+
+impl Drop for FloorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Two free loopback ports (bound, then released for the floors to take).
+fn two_free_ports() -> [u16; 2] {
+    let a = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let b = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    [
+        a.local_addr().expect("addr").port(),
+        b.local_addr().expect("addr").port(),
+    ]
+}
+
+fn start_floor(port: u16, peer: u16) -> FloorProcess {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_herald-load"))
+        .args(["floor", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--peer", &format!("http://127.0.0.1:{peer}")])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("herald-load floor");
+    FloorProcess(child)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_floor_processes_are_measured_like_a_cluster() {
+    let [p1, p2] = two_free_ports();
+    let _floors = (start_floor(p1, p2), start_floor(p2, p1));
+    let urls = [
+        format!("http://127.0.0.1:{p1}"),
+        format!("http://127.0.0.1:{p2}"),
+    ];
+    for u in &urls {
+        let ep = herald_loadtest::net::Endpoint::resolve(u)
+            .await
+            .expect("url");
+        herald_testkit::eventually("floor up", || async {
+            herald_loadtest::net::http_get(&ep, "/readyz").await.is_ok()
+        })
+        .await;
+    }
+    // Publications enter through the first floor; clients on both get each
+    // one once, in order, exactly as the books of a Herald run require.
+    let r = scenario(&[
+        "fanout",
+        "--url",
+        &urls[0],
+        "--url",
+        &urls[1],
+        "--clients",
+        "20",
+        "--rate",
+        "50",
+        "--duration",
+        "1",
+    ])
+    .await;
+    assert_clean_delivery(&r, 20);
+    let r = scenario(&[
+        "idle",
+        "--url",
+        &urls[0],
+        "--url",
+        &urls[1],
+        "--clients",
+        "20",
+        "--hold",
+        "0.2",
+    ])
+    .await;
+    assert!(r.problems.is_empty(), "problems: {:?}", r.problems);
+    assert_eq!(r.memory.len(), 2, "{:?}", r.memory);
+    assert!(
+        r.memory.iter().all(|m| m.connections == 10),
+        "{:?}",
+        r.memory
+    );
+}
