@@ -43,6 +43,10 @@ pub struct FloorArgs {
     /// Herald drops a slow consumer.
     #[arg(long, default_value_t = 1024)]
     pub queue: usize,
+    /// Runtime worker threads (default: one per CPU), e.g. 1 to match
+    /// `herald serve --worker-threads 1`.
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
 }
 
 /// A channel's subscribers' queues and its latest offset.

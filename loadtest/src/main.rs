@@ -32,6 +32,20 @@ fn main() -> ExitCode {
         };
     }
     if let Command::Floor(a) = &cli.cmd {
+        let rt = match a.worker_threads {
+            None => rt,
+            Some(n) => match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n.max(1))
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: starting the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        };
         return match rt.block_on(herald_loadtest::floor::serve(a.clone())) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
