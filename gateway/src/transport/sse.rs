@@ -274,7 +274,7 @@ async fn stream(
     // replay may be longer than the queue).
     let mut queued = Vec::new();
     {
-        let commands = commands(&mut session, &req);
+        let commands = commands(&mut session, &shared, &req);
         let collect = async {
             while let Some(item) = rx.recv().await {
                 link.taken(item.size());
@@ -343,8 +343,9 @@ async fn stream(
     session.close().await;
 }
 
-/// `connect` with the request's token, then a `subscribe` per channel.
-async fn commands(session: &mut Session, req: &SseRequest) {
+/// `connect` with the request's token, then (if it connected) a
+/// `subscribe` per channel.
+async fn commands(session: &mut Session, shared: &crate::session::Shared, req: &SseRequest) {
     session
         .command(|| {
             Ok(Command {
@@ -355,6 +356,9 @@ async fn commands(session: &mut Session, req: &SseRequest) {
             })
         })
         .await;
+    if !shared.is_connected() {
+        return;
+    }
     for (i, ch) in req.channels.iter().enumerate() {
         let since = req
             .since

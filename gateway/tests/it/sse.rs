@@ -349,11 +349,25 @@ async fn refused_streams_get_the_reason_as_an_http_status() {
             );
         }
     }
-    assert_eq!(
-        gw.metric("herald_connections").await,
-        0.0,
-        "refusals hold nothing"
-    );
+    eventually("refused and closed streams hold nothing", || async {
+        gw.metric("herald_connections").await == 0.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn streams_count_against_the_per_user_limit() {
+    let gw = herald().start(&["--jwt-secret", SECRET, "--max-connections-per-user", "1"]);
+    let auth = format!("Authorization: Bearer {}\r\n", token("bob"));
+    let (_held, head) = raw_get(&gw, "/sse?channel=c", &auth).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (mut s, head) = raw_get(&gw, "/sse?channel=c", &auth).await;
+    assert!(head.starts_with("HTTP/1.1 429"), "{head}");
+    assert!(rest(&mut s).await.contains("too_many_connections: "));
+    // Another user is not affected.
+    let other = format!("Authorization: Bearer {}\r\n", token("eve"));
+    let (_, head) = raw_get(&gw, "/sse?channel=c", &other).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 
 #[tokio::test]
