@@ -273,7 +273,9 @@ async fn stream(
     // The commands, while collecting what the core queues meanwhile (a
     // replay may be longer than the queue).
     let mut queued = Vec::new();
-    {
+    // Boxed: this phase's state would otherwise stay in every idle
+    // stream's task for its whole life.
+    Box::pin(async {
         let commands = commands(&mut session, &shared, &req);
         let collect = async {
             while let Some(item) = rx.recv().await {
@@ -286,7 +288,8 @@ async fn stream(
             () = commands => {}
             () = collect => {}
         }
-    }
+    })
+    .await;
     while let Ok(item) = rx.try_recv() {
         link.taken(item.size());
         queued.push(item);
@@ -297,7 +300,7 @@ async fn stream(
             tracing::debug!(%status, message, "SSE stream refused");
             let _ = start.send(Start::Refused(status, message));
             link.finish(Ending::Gone);
-            session.close().await;
+            Box::pin(session.close()).await;
             return;
         }
     };
@@ -314,7 +317,7 @@ async fn stream(
         .is_err()
     {
         link.finish(Ending::Gone);
-        session.close().await;
+        Box::pin(session.close()).await;
         return;
     }
     let mut buf = Vec::new();
@@ -340,7 +343,7 @@ async fn stream(
     };
     w.run(&mut session, &mut rx, shared, open, buf).await;
     link.finish(Ending::Gone);
-    session.close().await;
+    Box::pin(session.close()).await;
 }
 
 /// `connect` with the request's token, then (if it connected) a
@@ -541,7 +544,7 @@ impl Writer {
                         // The heartbeat; an SSE client cannot answer, so
                         // the written comment stands for its pong (a gone
                         // client fails the write instead).
-                        session.command(|| Ok(Command { op: Op::Pong, ..Command::default() })).await;
+                        Box::pin(session.command(|| Ok(Command { op: Op::Pong, ..Command::default() }))).await;
                         buf.extend_from_slice(b": ping\n\n");
                         if !self.send(&mut buf).await { break }
                     }
