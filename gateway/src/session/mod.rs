@@ -1,7 +1,7 @@
 //! Session: the transport-independent protocol core of one client connection.
 //!
-//! Top of the data flow. A transport (`transport::ws` today) decodes client
-//! commands and hands them to [`Session::command`], one at a time in arrival
+//! Top of the data flow. A transport (`transport::ws`, `socketio`, `sse`)
+//! decodes client commands and hands them to [`Session::command`], one at a time in arrival
 //! order; the core runs them against `node` and says everything through the
 //! session's bounded outbound queue ([`SessionLink`]): replies encoded for
 //! the session's [`Wire`], and publications the hub shares with every
