@@ -245,6 +245,14 @@ pub(crate) async fn run(
     start: oneshot::Sender<Start>,
     abort: CancellationToken,
 ) {
+    // Every channel is a subscribe: within the subscription limit, and
+    // within the command burst together with the connect.
+    let most = (ctx.cfg.max_subscriptions).min((ctx.cfg.command_burst as usize).saturating_sub(1));
+    if req.channels.len() > most {
+        let why = format!("too_many_subscriptions: at most {most} channels per stream\n");
+        let _ = start.send(Start::Refused(StatusCode::BAD_REQUEST, why));
+        return;
+    }
     let opened = Session::open_with(Arc::clone(&ctx), Wire::Sse, headers);
     let span = tracing::info_span!(
         "sse",

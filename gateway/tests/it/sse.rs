@@ -264,7 +264,8 @@ async fn a_position_history_cannot_cover_gets_event_unrecovered() {
 /// Sends a raw `GET` and returns the socket and the response head.
 async fn raw_get(gw: &Gateway, path: &str, headers: &str) -> (TcpStream, String) {
     let mut s = TcpStream::connect(gw.public).await.expect("connect");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: herald\r\n{headers}\r\n");
+    // `close`: a refusal's body then ends with the connection.
+    let req = format!("GET {path} HTTP/1.1\r\nHost: herald\r\nConnection: close\r\n{headers}\r\n");
     s.write_all(req.as_bytes()).await.expect("write");
     let mut head = Vec::new();
     let mut b = [0u8; 1];
@@ -324,6 +325,10 @@ async fn refused_streams_get_the_reason_as_an_http_status() {
     assert!(rest(&mut s).await.contains("unauthorized"));
     let (_, head) = raw_get(&gw, "/sse", "").await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let many: String = (0..200).map(|i| format!("&channel=c{i}")).collect();
+    let (mut s, head) = raw_get(&gw, &format!("/sse?{}", &many[1..]), "").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert!(rest(&mut s).await.contains("at most 199 channels"));
     let (_, head) = raw_get(&gw, "/sse?channel=c", "Origin: https://evil.example\r\n").await;
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     // Each place a token may be.
