@@ -12,7 +12,8 @@
 # (every server at a rate, then the next rate, then again), so noise hits
 # all of them alike. For every run it records p50/p99, whether everything
 # arrived, and the CPU seconds of the server processes and their Redis (from
-# /proc) per delivery. Then idle memory per connection, and a table of
+# /proc) per delivery (the clients' set-up included). Idle memory per
+# connection is measured first, on the fresh servers. Then a table of
 # medians (with the spread) and ratios to the floor, from points every
 # server shares, so a ratio is never "n/a" because a sweep stopped early.
 # Every process it starts is stopped on exit (also on Ctrl-C or failure).
@@ -156,6 +157,18 @@ start_server() {
 
 for s in $SERVERS; do echo "==> starting $s" >&2; start_server "$s"; done
 
+# Idle memory first, while every server is fresh: after the fan-out runs a
+# process keeps freed memory, and the per-connection delta would read low.
+for s in $SERVERS; do
+  urls=()
+  for u in ${URLS[$s]}; do urls+=(--url "$u"); done
+  echo "==> $s: $IDLE idle connections" >&2
+  json="$OUT/$s-idle.json"
+  if "$LOAD" idle -q --target "${TARGET[$s]}" "${urls[@]}" --clients "$IDLE" --hold 5 --json "$json" >/dev/null 2>&1; then
+    printf '%s\t%s\n' "$s" "$(jq_py "$json" '"%.1f" % (sum(m["kib_per_connection"] for m in r["memory"]) / len(r["memory"]))')" >>"$OUT/idle.tsv"
+  fi
+done
+
 # point NAME SUBSCRIBERS RATE REPEAT: one fan-out run, one line in points.tsv
 point() {
   local name=$1 subs=$2 rate=$3 rep=$4 urls=() u json ok c0 c1
@@ -191,15 +204,6 @@ for rep in $(seq "$REPEATS"); do
   fi
 done
 
-for s in $SERVERS; do
-  urls=()
-  for u in ${URLS[$s]}; do urls+=(--url "$u"); done
-  echo "==> $s: $IDLE idle connections" >&2
-  json="$OUT/$s-idle.json"
-  if "$LOAD" idle -q --target "${TARGET[$s]}" "${urls[@]}" --clients "$IDLE" --hold 5 --json "$json" >/dev/null 2>&1; then
-    printf '%s\t%s\n' "$s" "$(jq_py "$json" '"%.1f" % (sum(m["kib_per_connection"] for m in r["memory"]) / len(r["memory"]))')" >>"$OUT/idle.tsv"
-  fi
-done
 
 python3 - "$OUT" "$SERVERS" "$SUBSCRIBERS" "$BIG" "$REPEATS" "$DURATION" "$PAYLOAD" "$IDLE" <<'EOF'
 import statistics, sys, collections, datetime, os

@@ -139,13 +139,18 @@ async fn handle(floor: Arc<Floor>, mut req: Request<Incoming>) -> Result<Resp, h
             let body = req.into_body().collect().await?.to_bytes();
             publish(&floor, &body)
         }
-        (&Method::POST, p) if p.starts_with("/floor/frame/") => {
-            let channel = p["/floor/frame/".len()..].to_owned();
-            let frame = req.into_body().collect().await?.to_bytes();
-            let mut map = floor.channels.lock().unwrap_or_else(|e| e.into_inner());
-            Floor::fan_out(map.entry(channel).or_default(), &frame);
-            reply(StatusCode::OK, "")
-        }
+        (&Method::GET, "/floor/link") => match upgrade::upgrade(&mut req) {
+            Ok((resp, fut)) => {
+                tokio::spawn(async move {
+                    if let Ok(ws) = fut.await {
+                        link(floor, ws).await;
+                    }
+                });
+                let (parts, _) = resp.into_parts();
+                Response::from_parts(parts, Full::new(Bytes::new()))
+            }
+            Err(e) => reply(StatusCode::BAD_REQUEST, e.to_string()),
+        },
         _ => reply(StatusCode::NOT_FOUND, "not found\n"),
     })
 }
@@ -278,23 +283,49 @@ async fn session(
     writer.abort();
 }
 
-/// Forwards frames to one peer, in order, over one kept-alive connection.
+/// Streams frames to one peer, in order, over one WebSocket (no answer per
+/// frame, as Redis pub/sub streams to a node): each binary message is
+/// `<channel>\n<complete WebSocket frame>`.
 async fn forward(ep: crate::net::Endpoint, mut rx: mpsc::Receiver<(String, Bytes)>) {
-    let mut http: Option<crate::net::Http> = None;
+    let mut ws: Option<crate::net::Ws> = None;
+    let mut msg = Vec::new();
     while let Some((channel, frame)) = rx.recv().await {
+        msg.clear();
+        msg.extend_from_slice(channel.as_bytes());
+        msg.push(b'\n');
+        msg.extend_from_slice(&frame);
         for _ in 0..2 {
-            if http.as_ref().is_none_or(|h| h.is_closed()) {
-                http = crate::net::Http::connect(&ep).await.ok();
+            if ws.is_none() {
+                ws = crate::net::ws_connect(&ep, "/floor/link", None).await.ok();
             }
-            let Some(h) = http.as_mut() else { continue };
-            // Channel names are the load tool's own: no `/` or escaping.
-            let path = format!("/floor/frame/{channel}");
-            let sent = h.request(Method::POST, &path, Some(frame.clone())).await;
+            let Some(w) = ws.as_mut() else { continue };
+            let sent = w
+                .write_frame(Frame::binary(fastwebsockets::Payload::Borrowed(&msg)))
+                .await;
             if sent.is_ok() {
                 break;
             }
-            http = None;
+            ws = None;
         }
+    }
+}
+
+/// A peer's stream of forwarded frames: fans each out locally, as is.
+async fn link(floor: Arc<Floor>, ws: fastwebsockets::WebSocket<TokioIo<hyper::upgrade::Upgraded>>) {
+    let mut ws = fastwebsockets::FragmentCollector::new(ws);
+    while let Ok(f) = ws.read_frame().await {
+        match f.opcode {
+            OpCode::Close => return,
+            OpCode::Binary => {}
+            _ => continue,
+        }
+        let Some(nl) = f.payload.iter().position(|&b| b == b'\n') else {
+            continue;
+        };
+        let channel = String::from_utf8_lossy(&f.payload[..nl]).into_owned();
+        let frame = Bytes::copy_from_slice(&f.payload[nl + 1..]);
+        let mut map = floor.channels.lock().unwrap_or_else(|e| e.into_inner());
+        Floor::fan_out(map.entry(channel).or_default(), &frame);
     }
 }
 
