@@ -8,7 +8,8 @@
 //! no history, no auth, no limits, and no bookkeeping beyond a counter per
 //! channel. Several floor processes stand in for a cluster: the one that
 //! takes a publication forwards the finished frame to its `--peer`s over
-//! one kept-alive HTTP connection each, in order, and they write it out as
+//! one WebSocket each (`GET /floor/link`), streamed in order with no answer
+//! per frame as Redis pub/sub streams to a node, and they write it out as
 //! is. `fanout` and `idle` then measure it exactly as they measure Herald
 //! (`--url` at the floor processes), so Herald's figures can be read as a
 //! ratio to what any server could do on the same machine at the same time.
