@@ -185,7 +185,7 @@ fn publish(floor: &Floor, body: &[u8]) -> Resp {
         .as_bytes(),
     );
     for peer in &floor.peers {
-        let _ = peer.try_send((p.channel.to_owned(), frame.clone()));
+        let _ = peer.try_send((format!("{}\n{offset}", p.channel), frame.clone()));
     }
     Floor::fan_out(chan, &frame);
     drop(map);
@@ -286,7 +286,7 @@ async fn session(
 
 /// Streams frames to one peer, in order, over one WebSocket (no answer per
 /// frame, as Redis pub/sub streams to a node): each binary message is
-/// `<channel>\n<complete WebSocket frame>`.
+/// `<channel>\n<offset>\n<complete WebSocket frame>`.
 async fn forward(ep: crate::net::Endpoint, mut rx: mpsc::Receiver<(String, Bytes)>) {
     let mut ws: Option<crate::net::Ws> = None;
     let mut msg = Vec::new();
@@ -320,13 +320,21 @@ async fn link(floor: Arc<Floor>, ws: fastwebsockets::WebSocket<TokioIo<hyper::up
             OpCode::Binary => {}
             _ => continue,
         }
-        let Some(nl) = f.payload.iter().position(|&b| b == b'\n') else {
+        let mut parts = f.payload.splitn(3, |&b| b == b'\n');
+        let (Some(ch), Some(off), Some(frame)) = (parts.next(), parts.next(), parts.next()) else {
             continue;
         };
-        let channel = String::from_utf8_lossy(&f.payload[..nl]).into_owned();
-        let frame = Bytes::copy_from_slice(&f.payload[nl + 1..]);
+        let channel = String::from_utf8_lossy(ch).into_owned();
+        let offset = std::str::from_utf8(off)
+            .ok()
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0);
+        let frame = Bytes::copy_from_slice(frame);
         let mut map = floor.channels.lock().unwrap_or_else(|e| e.into_inner());
-        Floor::fan_out(map.entry(channel).or_default(), &frame);
+        // The origin's offset, so this floor's `subscribed` answers line up.
+        let chan = map.entry(channel).or_default();
+        chan.offset = chan.offset.max(offset);
+        Floor::fan_out(chan, &frame);
     }
 }
 
