@@ -490,22 +490,25 @@ async fn two_floor_processes_are_measured_like_a_cluster() {
         .await;
     }
     // Publications enter through the first floor; clients on both get each
-    // one once, in order, exactly as the books of a Herald run require.
-    let r = scenario(&[
-        "fanout",
-        "--url",
-        &urls[0],
-        "--url",
-        &urls[1],
-        "--clients",
-        "20",
-        "--rate",
-        "50",
-        "--duration",
-        "1",
-    ])
-    .await;
-    assert_clean_delivery(&r, 20);
+    // one once, in order, exactly as the books of a Herald run require; a
+    // second run on the same floors starts where the first ended.
+    for _ in 0..2 {
+        let r = scenario(&[
+            "fanout",
+            "--url",
+            &urls[0],
+            "--url",
+            &urls[1],
+            "--clients",
+            "20",
+            "--rate",
+            "50",
+            "--duration",
+            "1",
+        ])
+        .await;
+        assert_clean_delivery(&r, 20);
+    }
     let r = scenario(&[
         "idle",
         "--url",
