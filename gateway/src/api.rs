@@ -267,7 +267,7 @@ async fn presence_inner(st: &ApiState, query: &str) -> Result<serde_json::Value,
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
             "channel" => {
-                let v = percent_decode(v).ok_or_else(|| {
+                let v = crate::query::decode(v, true).ok_or_else(|| {
                     ApiError::BadRequest("channel is not valid percent-encoded UTF-8".into())
                 })?;
                 channel = Some(v);
@@ -298,31 +298,6 @@ async fn presence_inner(st: &ApiState, query: &str) -> Result<serde_json::Value,
         out["list"] = serde_json::to_value(&clients).unwrap_or_default();
     }
     Ok(out)
-}
-
-/// `%XX` and `+` decoding of one query value.
-fn percent_decode(v: &str) -> Option<String> {
-    let b = v.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' => {
-                let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            c => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 /// `POST /api/v1/broadcast` `{"channels":[...],"event","data"}` →

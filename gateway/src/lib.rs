@@ -39,6 +39,7 @@ mod node;
 mod presence;
 mod proxy_protocol;
 mod publication;
+mod query;
 mod recovery;
 pub mod server;
 mod session;

@@ -30,6 +30,7 @@ use crate::hooks::ClientHeaders;
 use crate::hub::{Ending, SessionLink};
 use crate::metrics::metrics;
 use crate::publication::{Outbound, Wire};
+use crate::query;
 use crate::session::timers::Timers;
 use crate::session::{Opened, Session, SessionCtx};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -70,7 +71,7 @@ impl SseRequest {
         let mut query_token = None;
         for (k, v) in query.unwrap_or("").split('&').filter_map(|p| {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
-            Some((decode(k, true)?, decode(v, true)?))
+            Some((query::decode(k, true)?, query::decode(v, true)?))
         }) {
             match k.as_str() {
                 "channel" if !req.channels.contains(&v) => req.channels.push(v),
@@ -100,33 +101,6 @@ impl SseRequest {
             .map(|v| v.to_str().ok().and_then(parse_id).unwrap_or_default());
         Ok(req)
     }
-}
-
-/// Percent-decodes `s` (`form`: `+` is a space, as in a query); `None` when
-/// it is not UTF-8 once decoded.
-fn decode(s: &str, form: bool) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
-                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    Some(v) => {
-                        out.push(v);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b'+' if form => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8(out).ok()
 }
 
 /// Whether a channel-name byte stays as it is in an `id:` (RFC 3986 unreserved).
@@ -175,7 +149,7 @@ pub(crate) fn parse_id(id: &str) -> Option<HashMap<String, (String, u64)>> {
         let (ch, pos) = pair.split_once('=')?;
         let (epoch, offset) = pos.rsplit_once(':')?;
         let offset = offset.parse().ok()?;
-        out.insert(decode(ch, false)?, (epoch.to_owned(), offset));
+        out.insert(query::decode(ch, false)?, (epoch.to_owned(), offset));
     }
     Some(out)
 }
