@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Runs Herald's whole test suite: formatting, lints, unit and integration
 # tests, alert rules, the Helm chart and deploy files, and a bounded fuzz run.
-# Installs what it needs (redis-server, curl, haproxy, chromium, Node.js and
-# npm; the check scripts install prometheus, haproxy, python3-venv) with apt
+# Installs what it needs (redis-server, curl, haproxy, chromium, Node.js,
+# npm, python3 and openssl for the test fixtures; the check scripts install
+# prometheus, haproxy, python3-venv) with apt
 # when missing, and the JS packages with `npm ci` from their lockfiles.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 . scripts/apt-install.sh
 apt_install_missing redis-server:redis-server curl:curl haproxy:haproxy \
-  chromium:chromium node:nodejs npm:npm
+  chromium:chromium node:nodejs npm:npm python3:python3 openssl:openssl
 node_major=$(node -p 'process.versions.node.split(".")[0]')
 if [ "$node_major" -lt 20 ]; then
   echo "Node.js $(node --version) is too old: the JS client and its tests need Node.js 20 or later" >&2
