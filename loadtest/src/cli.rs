@@ -50,20 +50,25 @@ pub enum Target {
     #[value(name = "herald-socketio")]
     #[serde(rename = "herald-socketio")]
     HeraldSocketio,
+    /// Herald's Server-Sent Events endpoint: clients read `GET /sse`;
+    /// publications enter as for `herald`.
+    #[value(name = "herald-sse")]
+    #[serde(rename = "herald-sse")]
+    HeraldSse,
 }
 
 impl Target {
     /// The server behind the URL: Herald's API and metrics, or the peer's.
     pub fn server(self) -> Self {
         match self {
-            Self::HeraldSocketio => Self::Herald,
+            Self::HeraldSocketio | Self::HeraldSse => Self::Herald,
             t => t,
         }
     }
 
     /// Whether clients speak Socket.IO over Engine.IO.
     pub fn speaks_socketio(self) -> bool {
-        self != Self::Herald
+        matches!(self, Self::Socketio | Self::HeraldSocketio)
     }
 
     /// The `--target` spelling.
@@ -72,6 +77,7 @@ impl Target {
             Self::Herald => "herald",
             Self::Socketio => "socketio",
             Self::HeraldSocketio => "herald-socketio",
+            Self::HeraldSse => "herald-sse",
         }
     }
 

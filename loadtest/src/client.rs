@@ -1,8 +1,10 @@
-//! Subscriber connections: one task per client, Herald or Socket.IO.
+//! Subscriber connections: one task per client, Herald or Socket.IO over
+//! WebSocket, or Herald's Server-Sent Events ([`crate::sse`]).
 //!
-//! A client connects, says hello (`connect` / Engine.IO `40`), subscribes,
-//! reports its set-up on a channel, then reads until the run stops (or its
-//! hold time is over). The receive path is allocation-free: frames are
+//! A client connects, says hello (`connect` / Engine.IO `40`), subscribes
+//! (an SSE stream names its channels in its URL and is set up once its
+//! first `id:` came), reports its set-up on a channel, then reads until the
+//! run stops (or its hold time is over). The receive path is allocation-free: frames are
 //! scanned with [`crate::scan`], positions checked by a [`SeqTracker`] per
 //! channel, latencies batched in a [`LatencyBatch`], and the delivery count
 //! published through the client's own atomic slot.
@@ -11,6 +13,7 @@ use crate::cli::Target;
 use crate::net::{self, Endpoint, Ws};
 use crate::scan;
 use crate::sio;
+use crate::sse;
 use crate::stats::{LatencyBatch, LatencySink, SeqTracker, now_us};
 use anyhow::{Context, bail};
 use fastwebsockets::{Frame, OpCode, Payload};
@@ -69,7 +72,7 @@ impl Channels {
     }
 
     /// Local index of a channel name, if it is one of ours.
-    fn slot(&self, name: &[u8]) -> Option<usize> {
+    pub(crate) fn slot(&self, name: &[u8]) -> Option<usize> {
         let idx = scan::channel_index(name, self.prefix.as_bytes())?;
         let j = idx.checked_sub(self.first)?;
         (j < self.count).then_some(j as usize)
@@ -134,6 +137,7 @@ pub async fn run_client(
             channels: plan.channels.clone(),
             connected: false,
         }),
+        Target::HeraldSse => Proto::Sse(sse::Events::new(plan.channels.clone())),
         Target::Socketio | Target::HeraldSocketio => Proto::Sio(Sio {
             tracker: SeqTracker::starting_at(0),
             connected: false,
@@ -148,6 +152,16 @@ pub async fn run_client(
     let mut recv = Recv::new(&run.sink, slot, plan.measure, index);
     let started = Instant::now();
     let setup = tokio::time::timeout(SETUP_TIMEOUT, async {
+        if let Proto::Sse(events) = &mut proto {
+            let mut stream = sse::connect(&plan.ep, &plan.channels, plan.source).await?;
+            while !events.started() {
+                stream
+                    .read(|l| events.on_line(l, &mut recv))
+                    .await
+                    .context("waiting for the stream's first `id:`")?;
+            }
+            return anyhow::Ok(Link::Sse(stream));
+        }
         let path = if plan.target.speaks_socketio() {
             sio::WS_PATH
         } else {
@@ -155,13 +169,13 @@ pub async fn run_client(
         };
         let mut ws = net::ws_connect(&plan.ep, path, plan.source).await?;
         proto.setup(&mut ws, &mut recv).await?;
-        anyhow::Ok(ws)
+        anyhow::Ok(Link::Ws(ws))
     })
     .await
     .unwrap_or_else(|_| Err(anyhow::anyhow!("set-up timed out after {SETUP_TIMEOUT:?}")));
     drop(permit);
-    let mut ws = match setup {
-        Ok(ws) => ws,
+    let mut link = match setup {
+        Ok(link) => link,
         Err(e) => {
             let msg = format!("{e:#}");
             let _ = setup_tx.send(Setup {
@@ -194,19 +208,18 @@ pub async fn run_client(
     let hold_over = tokio::time::sleep_until(deadline.unwrap_or(far));
     tokio::pin!(hold_over);
     let ended = loop {
-        // `read_frame` is not cancel-safe, but a cancelled client drops its socket anyway.
-        let frame = tokio::select! {
+        // Reads are not cancel-safe, but a cancelled client drops its socket anyway.
+        let res = tokio::select! {
             biased;
             () = &mut stop => break None,
             () = &mut hold_over, if deadline.is_some() => {
-                let _ = ws.write_frame(Frame::close(1000, b"")).await;
+                // An SSE client just goes: dropping the stream closes it.
+                if let Link::Ws(ws) = &mut link {
+                    let _ = ws.write_frame(Frame::close(1000, b"")).await;
+                }
                 break None;
             }
-            f = ws.read_frame() => f,
-        };
-        let res = match frame {
-            Ok(f) => proto.handle(&mut ws, &mut recv, f).await,
-            Err(e) => Err(e.into()),
+            r = link.step(&mut proto, &mut recv) => r,
         };
         if let Err(e) = res {
             break Some(format!("{e:#}"));
@@ -279,6 +292,29 @@ enum Step {
 enum Proto {
     Herald(Herald),
     Sio(Sio),
+    Sse(sse::Events),
+}
+
+/// A set-up client's connection.
+enum Link {
+    Ws(Ws),
+    Sse(sse::Stream),
+}
+
+impl Link {
+    /// Reads one frame, or what one read of the stream brings, and handles it.
+    async fn step(&mut self, proto: &mut Proto, recv: &mut Recv<'_>) -> anyhow::Result<()> {
+        match (self, proto) {
+            (Self::Sse(stream), Proto::Sse(events)) => {
+                stream.read(|l| events.on_line(l, recv)).await
+            }
+            (Self::Ws(ws), proto) => {
+                let f = ws.read_frame().await?;
+                proto.handle(ws, recv, f).await
+            }
+            (Self::Sse(_), _) => bail!("an SSE stream carries only SSE events"),
+        }
+    }
 }
 
 struct Herald {
@@ -303,6 +339,7 @@ impl Proto {
         match self {
             Self::Herald(h) => h.trackers,
             Self::Sio(s) => vec![Some(s.tracker)],
+            Self::Sse(e) => e.trackers,
         }
     }
 
@@ -355,6 +392,7 @@ impl Proto {
                 let step = match self {
                     Self::Herald(h) => h.on_frame(&frame.payload, recv)?,
                     Self::Sio(s) => s.on_frame(&frame.payload, recv)?,
+                    Self::Sse(_) => bail!("a WebSocket frame on an SSE client"),
                 };
                 match step {
                     Step::Send(bytes) => send_small(ws, bytes).await?,

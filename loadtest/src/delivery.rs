@@ -157,6 +157,7 @@ pub fn target_name(t: Target) -> &'static str {
         Target::Herald => "Herald node",
         Target::Socketio => "Socket.IO node",
         Target::HeraldSocketio => "Herald node (Socket.IO endpoint)",
+        Target::HeraldSse => "Herald node (SSE endpoint)",
     }
 }
 
@@ -456,7 +457,7 @@ fn close_books(
             let end = match target {
                 // Socket.IO clients count the publisher's sequence numbers.
                 Target::Socketio | Target::HeraldSocketio => published.published,
-                Target::Herald => {
+                Target::Herald | Target::HeraldSse => {
                     let ch = chans.first as usize + j;
                     match published.last_offset.get(ch) {
                         Some(&last) if last > 0 => last + 1,

@@ -72,7 +72,7 @@ fn check(a: &IdleArgs) -> anyhow::Result<()> {
     );
     ensure!(a.hold >= 0.0 && a.hold.is_finite(), "--hold must be >= 0");
     ensure!(
-        a.common.target == Target::Herald || a.channels_per_client <= 1,
+        matches!(a.common.target, Target::Herald | Target::HeraldSse) || a.channels_per_client <= 1,
         "the Socket.IO peer has one room: --channels-per-client does not apply"
     );
     Ok(())

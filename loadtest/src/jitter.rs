@@ -202,6 +202,7 @@ impl Proto {
                 resuming: false,
                 next_id: 1,
             }),
+            Target::HeraldSse => unreachable!("validate() refuses --target herald-sse"),
             Target::Socketio | Target::HeraldSocketio => Self::Sio(SioSide {
                 phase: Phase::Hello,
                 tracker: SeqTracker::starting_at(0),
@@ -753,6 +754,11 @@ fn validate(a: &JitterArgs) -> anyhow::Result<()> {
         "--rate must be positive"
     );
     ensure!(!a.duration.is_zero(), "--duration must be positive");
+    ensure!(
+        a.common.target != Target::HeraldSse,
+        "jitter resumes over WebSocket or Socket.IO: --target herald-sse is not supported \
+         (an SSE client resumes with Last-Event-ID, which this scenario does not model)"
+    );
     ensure!(
         a.connect_rate > 0.0 && a.connect_rate.is_finite(),
         "--connect-rate must be positive"

@@ -22,6 +22,7 @@ pub mod publish;
 pub mod report;
 pub mod scan;
 pub mod sio;
+pub mod sse;
 pub mod stats;
 pub mod sys;
 

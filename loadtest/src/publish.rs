@@ -172,7 +172,8 @@ impl Publishers {
             // One socket keeps the sequence numbers in order for every
             // receiver (Socket.IO clients check order by them).
             Target::Socketio | Target::HeraldSocketio => 1,
-            Target::Herald => plan.connections.max(1),
+            // Herald clients check order by offset.
+            Target::Herald | Target::HeraldSse => plan.connections.max(1),
         };
         let mut conns = Vec::with_capacity(n);
         match (plan.target, plan.via) {
@@ -181,12 +182,12 @@ impl Publishers {
                 sio_hello(&mut ws).await?;
                 conns.push(Conn::Sio(Box::new(ws)));
             }
-            (Target::Herald | Target::HeraldSocketio, PublishVia::Api) => {
+            (_, PublishVia::Api) => {
                 for _ in 0..n {
                     conns.push(Conn::Api(Http::connect(ep).await?));
                 }
             }
-            (Target::Herald | Target::HeraldSocketio, PublishVia::Redis) => {
+            (_, PublishVia::Redis) => {
                 let url = plan
                     .redis_url
                     .as_deref()
@@ -197,7 +198,7 @@ impl Publishers {
                     conns.push(Conn::Redis(con.clone(), script.clone()));
                 }
             }
-            (Target::Herald | Target::HeraldSocketio, PublishVia::Client) => {
+            (_, PublishVia::Client) => {
                 for _ in 0..n {
                     let mut ws = net::ws_connect(ep, "/ws", None).await?;
                     herald_hello(&mut ws).await?;

@@ -167,6 +167,57 @@ async fn channels_with_one_subscriber_each() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_streams_get_every_publication_once_in_order() {
+    let (_node, url) = start_herald(&[]);
+    // Two channels per stream: each event's channel is read from its `id:`.
+    let r = scenario(&[
+        "fanout",
+        "--target",
+        "herald-sse",
+        "--url",
+        &url,
+        "--clients",
+        "20",
+        "--channels",
+        "2",
+        "--rate",
+        "50",
+        "--duration",
+        "1",
+    ])
+    .await;
+    assert_eq!(r.target, "herald-sse");
+    assert_eq!(r.clients.connected, 20);
+    assert_clean_delivery(&r, 20);
+    let r = scenario(&[
+        "channels",
+        "--target",
+        "herald-sse",
+        "--url",
+        &url,
+        "--channels",
+        "30",
+        "--rate",
+        "50",
+        "--duration",
+        "1",
+    ])
+    .await;
+    assert_clean_delivery(&r, 1);
+    let cli = Cli::try_parse_from([
+        "herald-load",
+        "jitter",
+        "--target",
+        "herald-sse",
+        "--url",
+        &url,
+    ])
+    .expect("valid arguments");
+    let err = herald_loadtest::run(cli.cmd).await.expect_err("refused");
+    assert!(format!("{err:#}").contains("herald-sse"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn churn_keeps_steady_clients_whole() {
     let (_node, url) = start_herald(&[]);
     let r = scenario(&[
