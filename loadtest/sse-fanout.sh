@@ -135,13 +135,13 @@ names = {"one": "1 node, embedded broker", "two": "2 nodes + Redis"}
 wire = {"herald": "WebSocket", "herald-sse": "SSE"}
 print(f"\nSSE fan-out: {clients} subscribers on one channel, {deliveries} deliveries/s for "
       f"{duration} s, {cpus} CPUs, {time.strftime('%Y-%m-%d', time.gmtime())}\n")
-print("| topology | clients | run | delivered / expected | lost | p50 ms | p99 ms | server CPU µs/delivery | client CPU µs/delivery |")
+print("| topology | wire | run | delivered / expected | lost | p50 ms | p99 ms | server CPU µs/delivery | client CPU µs/delivery |")
 print("|---|---|---|---|---|---|---|---|---|")
 for t, tg, rep, ok, dl, ex, lost, p50, p99, s, c in rows:
     flag = "" if ok == "1" else " (failed)"
     print(f"| {names[t]} | {wire[tg]} | {rep} | {int(dl):,} / {int(ex):,}{flag} | {lost} | {p50} | {p99} | {s} | {c} |")
 print("\nMedians, and SSE / WebSocket:\n")
-print("| topology | clients | p50 ms | p99 ms | server CPU µs/delivery | client CPU µs/delivery |")
+print("| topology | wire | p50 ms | p99 ms | server CPU µs/delivery | client CPU µs/delivery |")
 print("|---|---|---|---|---|---|")
 med = {}
 for t in dict.fromkeys(r[0] for r in rows):
