@@ -3,7 +3,10 @@
 #   for each round, for each build (alternating, so drift hits both alike):
 #     a Redis and 2 nodes (--worker-threads 1): fanout at each RATES step;
 #     one node on the embedded broker: idle KiB per connection.
-# Prints one table row per build, measure and round. Every process it
+# Prints one table row per build, measure and round: p50/p99, deliveries/s
+# and the nodes' + Redis's CPU µs per delivery (from /proc, set-up
+# included), or for idle the node's RSS and the kernel's socket memory per
+# connection (slab + TCP buffers, machine-wide, so both loopback ends). Every process it
 # starts is stopped on exit (also on Ctrl-C or failure).
 #
 #   loadtest/ab.sh BEFORE_BIN AFTER_BIN
@@ -46,6 +49,8 @@ free_port() {
   while p=$((20000 + RANDOM % 9000)); ss -tanH | awk '{print $4}' | grep -qE ":$p$"; do :; done
   echo "$p"
 }
+# shellcheck source=loadtest/lib.sh
+. "$ROOT/loadtest/lib.sh"
 jq_py() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print($2)" "$1"; }
 wait_ready() {
   for _ in $(seq 100); do curl -fsS "$1/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
@@ -60,13 +65,14 @@ stop_all() {
 node() { # BIN PORT EXTRA ARGS...
   local bin=$1 port=$2 extra=$3; shift 3
   # shellcheck disable=SC2086 # EXTRA is a list of flags
-  "$bin" serve --listen "127.0.0.1:$port" --worker-threads 1 --log warn $extra "$@" >"$OUT/node-$port.log" 2>&1 &
+  "$bin" serve --listen "127.0.0.1:$port" --worker-threads 1 --log warn \
+    --max-connections-per-ip 0 --connection-rate-per-ip 0 $extra "$@" >"$OUT/node-$port.log" 2>&1 &
   pids+=($!)
   wait_ready "http://127.0.0.1:$port"
 }
 
-echo "| round | build | measure | p50 ms | p99 ms | delivered/s | KiB/conn |"
-echo "|---|---|---|---|---|---|---|"
+echo "| round | build | measure | p50 ms | p99 ms | delivered/s | CPU µs/delivery | RSS KiB/conn | kernel KiB/conn (slab + buffers) |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for round in $(seq "$ROUNDS"); do
   for i in 0 1; do
     bin=${BINS[$i]} name=${NAMES[$i]} extra=${EXTRA[$i]}
@@ -80,10 +86,13 @@ for round in $(seq "$ROUNDS"); do
     node "$bin" "$p2" "$extra" --redis-url "redis://127.0.0.1:$rport"
     for d in $RATES; do
       json="$OUT/$name-r$round-fanout-$d.json"
+      # shellcheck disable=SC2086
+      c0=$(cpu_of "${pids[@]}" "$(cat "$redis_pidfile")")
       "$LOAD" fanout -q --url "http://127.0.0.1:$p1" --url "http://127.0.0.1:$p2" \
         --clients "$CLIENTS" --rate $((d / CLIENTS)) --duration "$DURATION" --payload "$PAYLOAD" \
         --allow-client-bound --json "$json" >&2 || echo "  (fanout reported loss or error)" >&2
-      jq_py "$json" '"| '"$round"' | '"$name"' | fanout '"$d"'/s | %.1f | %.1f | %d | |" % (r["delivery"]["latency"]["p50_us"]/1000, r["delivery"]["latency"]["p99_us"]/1000, r["delivery"]["deliveries_per_second"])'
+      c1=$(cpu_of "${pids[@]}" "$(cat "$redis_pidfile")")
+      jq_py "$json" '"| '"$round"' | '"$name"' | fanout '"$d"'/s | %.1f | %.1f | %d | %.2f | | |" % (r["delivery"]["latency"]["p50_us"]/1000, r["delivery"]["latency"]["p99_us"]/1000, r["delivery"]["deliveries_per_second"], ('"$c1"' - '"$c0"') * 1e6 / max(r["delivery"]["delivered"], 1))'
     done
     stop_all
     [ "$IDLE" -gt 0 ] || continue
@@ -91,7 +100,7 @@ for round in $(seq "$ROUNDS"); do
     node "$bin" "$p" "$extra"
     json="$OUT/$name-r$round-idle.json"
     "$LOAD" idle -q --url "http://127.0.0.1:$p" --clients "$IDLE" --connect-rate 2000 --hold 5 --json "$json" >&2
-    jq_py "$json" '"| '"$round"' | '"$name"' | idle '"$IDLE"' | | | | %.2f |" % (sum(m["kib_per_connection"] for m in r["memory"]) / len(r["memory"]))'
+    jq_py "$json" '"| '"$round"' | '"$name"' | idle '"$IDLE"' | | | | | %.2f | %s |" % (sum(m["kib_per_connection"] for m in r["memory"]) / len(r["memory"]), "%.1f + %.1f" % (r["kernel"]["slab_kib"], r["kernel"]["tcp_buffer_kib"]) if r.get("kernel") else "n/a")'
     stop_all
   done
 done

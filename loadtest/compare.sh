@@ -62,16 +62,8 @@ wait_http() { # URL
 }
 # The process and all its descendants.
 tree() { local p=$1 c; echo "$p"; for c in $(pgrep -P "$p" || true); do tree "$c"; done; }
-# CPU seconds (user + system) of the given processes so far.
-cpu_of() {
-  local hz total=0 p
-  hz=$(getconf CLK_TCK)
-  for p in "$@"; do
-    [ -r "/proc/$p/stat" ] || continue
-    total=$(awk -v t="$total" -v hz="$hz" '{print t + ($14 + $15) / hz}' "/proc/$p/stat")
-  done
-  echo "$total"
-}
+# shellcheck source=loadtest/lib.sh
+. "$ROOT/loadtest/lib.sh"
 
 start_redis() { # -> REDIS_PORT, appends the pid to pids
   REDIS_PORT=$(free_port)

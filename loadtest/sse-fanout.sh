@@ -42,16 +42,8 @@ wait_ready() {
   for _ in $(seq 100); do curl -fsS "$1/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "$1 did not become ready" >&2; exit 1
 }
-# CPU seconds (user + system) of the given processes so far.
-cpu_of() {
-  local hz total=0 p
-  hz=$(getconf CLK_TCK)
-  for p in "$@"; do
-    [ -r "/proc/$p/stat" ] || continue
-    total=$(awk -v t="$total" -v hz="$hz" '{print t + ($14 + $15) / hz}' "/proc/$p/stat")
-  done
-  echo "$total"
-}
+# shellcheck source=loadtest/lib.sh
+. "$ROOT/loadtest/lib.sh"
 start_node() { # PORT [ARGS...]: starts a node; appends its pid to pids
   local p=$1; shift
   "$BIN/herald" serve --listen "127.0.0.1:$p" --max-connections-per-ip 0 \

@@ -15,6 +15,7 @@
 
 use crate::broker::{Position, Sink};
 use crate::metrics::{Label, Protocol, ResetReason, metrics};
+use crate::outbox::{Outbox, Queue, Refused};
 use crate::publication::{Outbound, Publication};
 use crate::signal::Signal;
 use bytes::Bytes;
@@ -24,7 +25,6 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
-use tokio::sync::mpsc;
 
 const SHARDS: usize = 64;
 /// Publications held for a channel while its broker subscription is being set up.
@@ -49,7 +49,7 @@ pub(crate) enum Ending {
 pub(crate) struct SessionLink {
     pub(crate) id: u64,
     /// Bounded in items; `queued` bounds it in bytes as well.
-    tx: mpsc::Sender<Outbound>,
+    queue: Queue,
     /// Bytes queued and not yet taken by the writer. Payloads vary from a
     /// few bytes to `max_payload`, so a frame bound alone lets one client
     /// that stops reading make the node hold up to 64 MiB.
@@ -62,21 +62,25 @@ pub(crate) struct SessionLink {
 }
 
 impl SessionLink {
+    /// A link whose queue holds at most `cap` items and `max_bytes` bytes,
+    /// and the writer's end of that queue.
     pub(crate) fn new(
         id: u64,
-        tx: mpsc::Sender<Outbound>,
+        cap: usize,
         max_bytes: usize,
         protocol: Protocol,
-    ) -> Self {
-        Self {
+    ) -> (Arc<Self>, Outbox) {
+        let link = Arc::new(Self {
             id,
-            tx,
+            queue: Queue::new(cap),
             queued: AtomicUsize::new(0),
             max_bytes,
             ending: OnceLock::new(),
             closed: Signal::default(),
             protocol,
-        }
+        });
+        let outbox = Outbox::new(Arc::clone(&link) as _);
+        (link, outbox)
     }
 
     /// Queues an item; over either bound the session is a slow consumer
@@ -87,10 +91,10 @@ impl SessionLink {
         let full = if held > self.max_bytes {
             true
         } else {
-            match self.tx.try_send(item) {
+            match self.queue.push(item) {
                 Ok(()) => return true,
-                Err(mpsc::error::TrySendError::Full(_)) => true,
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                Err(Refused::Full) => true,
+                Err(Refused::Closed) => false,
             }
         };
         self.queued.fetch_sub(n, Ordering::Relaxed);
@@ -153,6 +157,12 @@ impl SessionLink {
     /// Raised once the session should end.
     pub(crate) fn closed(&self) -> &Signal {
         &self.closed
+    }
+}
+
+impl AsRef<Queue> for SessionLink {
+    fn as_ref(&self) -> &Queue {
+        &self.queue
     }
 }
 
@@ -503,17 +513,13 @@ mod tests {
 
     use crate::publication::Wire;
 
-    fn link(id: u64, cap: usize) -> (Arc<SessionLink>, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(cap);
-        (
-            Arc::new(SessionLink::new(id, tx, usize::MAX, Protocol::Herald)),
-            rx,
-        )
+    fn link(id: u64, cap: usize) -> (Arc<SessionLink>, Outbox) {
+        SessionLink::new(id, cap, usize::MAX, Protocol::Herald)
     }
 
     /// Everything queued so far, as the Herald wire would write it.
-    fn drain(rx: &mut mpsc::Receiver<Outbound>) -> Vec<Bytes> {
-        std::iter::from_fn(|| rx.try_recv().ok())
+    fn drain(rx: &mut Outbox) -> Vec<Bytes> {
+        std::iter::from_fn(|| rx.try_recv())
             .map(|o| Bytes::copy_from_slice(o.encoded(Wire::Herald)))
             .collect()
     }
@@ -538,7 +544,7 @@ mod tests {
             hub.publication("c", "E", o, frame(o));
         }
         let start = hub.activate("c", pos("E", 5), &a);
-        assert!(rx.try_recv().is_err(), "held until released");
+        assert!(rx.try_recv().is_none(), "held until released");
         hub.publication("c", "E", 8, frame(8));
         assert!(a.send_frame(format!("reply {}", start.offset).into_bytes().into()));
         let replay = Publication::new("E".into(), 5, Bytes::from("replay"));
@@ -568,7 +574,7 @@ mod tests {
         hub.release("c", 2, Vec::new());
         for o in 1..=5 {
             hub.publication("c", "E", o, frame(o));
-            while fast_rx.try_recv().is_ok() {}
+            while fast_rx.try_recv().is_some() {}
         }
         assert_eq!(slow.close_reason(), Some(CloseCode::SlowConsumer));
         assert_eq!(fast.close_reason(), None);
@@ -610,8 +616,7 @@ mod tests {
     #[test]
     fn a_queue_over_its_byte_bound_is_a_slow_consumer() {
         let hub = Hub::new();
-        let (tx, mut rx) = mpsc::channel(1024);
-        let slow = Arc::new(SessionLink::new(1, tx, 100, Protocol::Herald));
+        let (slow, mut rx) = SessionLink::new(1, 1024, 100, Protocol::Herald);
         let (fast, mut fast_rx) = link(2, 1024);
         hub.prepare("c");
         hub.activate("c", pos("E", 0), &slow);
@@ -626,9 +631,7 @@ mod tests {
         hub.publication("c", "E", 3, big(3));
         assert_eq!(slow.close_reason(), Some(CloseCode::SlowConsumer));
         assert_eq!(slow.queued_bytes(), 83, "the refused item is not counted");
-        let taken: usize = std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|o| o.size())
-            .sum();
+        let taken: usize = std::iter::from_fn(|| rx.try_recv()).map(|o| o.size()).sum();
         slow.taken(taken);
         assert_eq!(slow.queued_bytes(), 0);
         assert_eq!(

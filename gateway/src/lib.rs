@@ -36,6 +36,7 @@ mod hooks;
 mod hub;
 mod metrics;
 mod node;
+mod outbox;
 mod presence;
 mod proxy_protocol;
 mod publication;

@@ -12,7 +12,7 @@ use crate::client::{Channels, ClientOutcome, ClientPlan, Hold, Run, Setup, run_c
 use crate::delivery::{endpoints, judge_cpu, target_name};
 use crate::net::{self, Endpoint};
 use crate::progress::Progress;
-use crate::report::{ClientsReport, NodeMemory, Report};
+use crate::report::{ClientsReport, KernelPerConnection, NodeMemory, Report};
 use crate::stats::Latency;
 use crate::sys::{self, CpuMeter};
 use anyhow::{Context, bail, ensure};
@@ -329,6 +329,7 @@ pub async fn idle(a: IdleArgs) -> anyhow::Result<Report> {
         ..Report::default()
     };
     let before = read_all_rss(a.common.target, &metrics_eps, &mut report.warnings).await;
+    let kernel_before = sys::kernel_memory();
 
     let run = Run::new(0);
     let progress = Progress::start(run.clone(), a.common.quiet, a.clients as u64);
@@ -351,6 +352,7 @@ pub async fn idle(a: IdleArgs) -> anyhow::Result<Report> {
     progress.phase("holding");
     tokio::time::sleep(Duration::from_secs_f64(a.hold)).await;
     let after = read_all_rss(a.common.target, &metrics_eps, &mut report.warnings).await;
+    let kernel_after = sys::kernel_memory();
     let worker_cpu: f64 = procs
         .iter()
         .filter_map(|w| w.pid.and_then(|p| sys::cpu_seconds(Some(p))))
@@ -416,6 +418,16 @@ pub async fn idle(a: IdleArgs) -> anyhow::Result<Report> {
                 }
                 _ => None,
             },
+        });
+    }
+    if let (Some(b), Some(af)) = (kernel_before, kernel_after)
+        && ramped.connected > 0
+    {
+        let per = |x: u64, y: u64| (y as f64 - x as f64) / ramped.connected as f64 / 1024.0;
+        report.kernel = Some(KernelPerConnection {
+            connections: ramped.connected,
+            slab_kib: per(b.slab_bytes, af.slab_bytes),
+            tcp_buffer_kib: per(b.tcp_buffer_bytes, af.tcp_buffer_bytes),
         });
     }
     if report

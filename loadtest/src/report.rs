@@ -24,6 +24,8 @@ pub struct Report {
     pub jitter: Option<JitterReport>,
     /// Server memory per node (idle).
     pub memory: Vec<NodeMemory>,
+    /// Kernel socket memory per connection, machine-wide (idle).
+    pub kernel: Option<KernelPerConnection>,
     pub cpu: Option<CpuReport>,
     /// One point per second of the measured phase.
     pub series: Vec<SeriesPoint>,
@@ -193,6 +195,18 @@ pub struct NodeMemory {
     pub rss_before: u64,
     pub rss_after: u64,
     pub kib_per_connection: Option<f64>,
+}
+
+/// What the kernel held per connection while the connections were open:
+/// deltas of [`crate::sys::KernelMemory`] over the ramp, divided by the
+/// connections. On loopback this counts both ends of each connection.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct KernelPerConnection {
+    pub connections: u64,
+    /// Socket, inode, file and epoll structures (slab).
+    pub slab_kib: f64,
+    /// Queued TCP send and receive buffers.
+    pub tcp_buffer_kib: f64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -415,6 +429,13 @@ impl Report {
                 thousands(m.connections),
                 m.rss_before as f64 / 1048576.0,
                 m.rss_after as f64 / 1048576.0
+            );
+        }
+        if let Some(k) = &self.kernel {
+            let _ = writeln!(
+                o,
+                "  {:<24} {:.1} KiB/conn slab + {:.1} KiB/conn TCP buffers (machine-wide; on loopback both ends)",
+                "kernel memory", k.slab_kib, k.tcp_buffer_kib
             );
         }
         if let Some(cpu) = &self.cpu {

@@ -110,9 +110,61 @@ pub fn verdict(cpu: f64, wall: f64, cores: usize) -> CpuReport {
     }
 }
 
+/// Kernel memory that sockets hold, machine-wide: what a connection costs
+/// beyond the server's RSS. On loopback both ends count (the server's and
+/// the load client's socket).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct KernelMemory {
+    /// TCP sockets in use (`/proc/net/sockstat`).
+    pub tcp_sockets: u64,
+    /// TCP send and receive buffers (`/proc/net/sockstat` "mem", pages).
+    pub tcp_buffer_bytes: u64,
+    /// Slab (`/proc/meminfo`): socket, inode, file and epoll structures.
+    pub slab_bytes: u64,
+}
+
+/// Reads [`KernelMemory`] now; `None` off Linux.
+pub fn kernel_memory() -> Option<KernelMemory> {
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_kernel_memory(&sockstat, &meminfo)
+}
+
+fn parse_kernel_memory(sockstat: &str, meminfo: &str) -> Option<KernelMemory> {
+    let tcp = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let field = |name: &str| -> Option<u64> {
+        let mut it = tcp.split_whitespace();
+        it.find(|w| *w == name)?;
+        it.next()?.parse().ok()
+    };
+    let slab_kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("Slab:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(KernelMemory {
+        tcp_sockets: field("inuse")?,
+        tcp_buffer_bytes: field("mem")? * 4096,
+        slab_bytes: slab_kib * 1024,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_kernel_socket_memory() {
+        let sockstat = "sockets: used 20\nTCP: inuse 10012 orphan 0 tw 3 alloc 10020 mem 7\nUDP: inuse 1 mem 0\n";
+        let meminfo = "MemTotal: 24000000 kB\nSlab:  204800 kB\nSReclaimable: 1 kB\n";
+        let k = parse_kernel_memory(sockstat, meminfo).expect("parsed");
+        assert_eq!(k.tcp_sockets, 10012);
+        assert_eq!(k.tcp_buffer_bytes, 7 * 4096);
+        assert_eq!(k.slab_bytes, 204_800 * 1024);
+        assert!(parse_kernel_memory("TCP: inuse x\n", meminfo).is_none());
+    }
 
     #[test]
     fn parses_stat_with_awkward_names() {

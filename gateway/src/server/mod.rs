@@ -660,10 +660,21 @@ fn upgrade_to(
         let _held = (charges, behind_proxy);
         match fut.await {
             Ok(ws) => match protocol {
-                Protocol::Herald => transport::ws::run(ws.into_inner(), ctx, hooked).await,
-                Protocol::SocketIo => transport::socketio::run(ws.into_inner(), ctx, hooked).await,
+                // Boxed each: the task then holds the one protocol's state
+                // it runs, not the largest of the three.
+                Protocol::Herald => {
+                    Box::pin(transport::ws::run(ws.into_inner(), ctx, hooked)).await
+                }
+                Protocol::SocketIo => {
+                    Box::pin(transport::socketio::run(ws.into_inner(), ctx, hooked)).await
+                }
                 Protocol::SocketIoUpgrade(h) => {
-                    transport::socketio::polling::upgrade(ws.into_inner(), ctx, h).await
+                    Box::pin(transport::socketio::polling::upgrade(
+                        ws.into_inner(),
+                        ctx,
+                        h,
+                    ))
+                    .await
                 }
             },
             Err(e) => {

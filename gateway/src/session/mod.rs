@@ -31,7 +31,8 @@ use crate::hooks::{Caller, ClientHeaders, Hooks};
 use crate::hub::{Ending, SessionLink};
 use crate::metrics::{Ended, metrics};
 use crate::node::Node;
-use crate::publication::{Outbound, Wire};
+use crate::outbox::Outbox;
+use crate::publication::Wire;
 use crate::signal::Signal;
 use crate::token::Tokens;
 use herald_proto::{Command, DecodeError, ErrorCode, Op, Reply, validate_channel};
@@ -40,7 +41,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -140,7 +140,7 @@ pub(crate) struct Opened {
     pub(crate) session: Session,
     pub(crate) link: Arc<SessionLink>,
     pub(crate) shared: Arc<Shared>,
-    pub(crate) rx: mpsc::Receiver<Outbound>,
+    pub(crate) rx: Outbox,
 }
 
 impl Session {
@@ -156,13 +156,12 @@ impl Session {
         m.connections.get(wire.protocol()).inc();
         m.accepted.inc();
         let id = fastrand::u64(..);
-        let (tx, rx) = mpsc::channel(ctx.cfg.outbound_queue);
-        let link = Arc::new(SessionLink::new(
+        let (link, rx) = SessionLink::new(
             id,
-            tx,
+            ctx.cfg.outbound_queue,
             ctx.cfg.outbound_queue_bytes,
             wire.protocol(),
-        ));
+        );
         ctx.links.shard(id).insert(id, Arc::clone(&link));
         let shared = Arc::new(Shared::default());
         let session = Session {

@@ -86,7 +86,7 @@ async fn send(s: &mut Session, text: &str) {
 /// Everything queued so far, as JSON.
 fn replies(o: &mut Opened) -> Vec<Value> {
     let mut out = Vec::new();
-    while let Ok(item) = o.rx.try_recv() {
+    while let Some(item) = o.rx.try_recv() {
         o.link.taken(item.size());
         out.push(serde_json::from_slice(item.encoded(Wire::Herald)).expect("JSON frame"));
     }

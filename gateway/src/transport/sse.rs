@@ -260,7 +260,8 @@ async fn stream(
     Box::pin(async {
         let commands = commands(&mut session, &shared, &req);
         let collect = async {
-            while let Some(item) = rx.recv().await {
+            loop {
+                let item = rx.recv().await;
                 link.taken(item.size());
                 queued.push(item);
             }
@@ -272,7 +273,7 @@ async fn stream(
         }
     })
     .await;
-    while let Ok(item) = rx.try_recv() {
+    while let Some(item) = rx.try_recv() {
         link.taken(item.size());
         queued.push(item);
     }
@@ -501,7 +502,7 @@ impl Writer {
     async fn run(
         self,
         session: &mut Session,
-        rx: &mut mpsc::Receiver<Outbound>,
+        rx: &mut crate::outbox::Outbox,
         shared: Arc<crate::session::Shared>,
         mut open: Open,
         mut buf: Vec<u8>,
@@ -530,12 +531,11 @@ impl Writer {
                         buf.extend_from_slice(b": ping\n\n");
                         if !self.send(&mut buf).await { break }
                     }
-                    msg = rx.recv() => {
-                        let Some(first) = msg else { break };
+                    first = rx.recv() => {
                         let mut taken = first.size();
                         open.push(&mut buf, &first);
                         while buf.len() < BATCH_BYTES {
-                            let Ok(m) = rx.try_recv() else { break };
+                            let Some(m) = rx.try_recv() else { break };
                             taken += m.size();
                             open.push(&mut buf, &m);
                         }

@@ -391,12 +391,11 @@ impl Driver {
                     }
                 },
                 due = timers.ping_due() => self.framing.ping(&mut self.out, due.token.as_deref()),
-                item = rx.recv(), if self.get.is_some() => {
-                    let Some(first) = item else { break };
+                first = rx.recv(), if self.get.is_some() => {
                     let mut taken = first.size();
                     self.framing.item(&mut self.out, &first);
                     while self.out.len() < BATCH_BYTES {
-                        let Ok(m) = rx.try_recv() else { break };
+                        let Some(m) = rx.try_recv() else { break };
                         taken += m.size();
                         self.framing.item(&mut self.out, &m);
                     }
@@ -457,15 +456,11 @@ impl Driver {
 
     /// The session ended: the waiting GET (or the next one, within
     /// `close_timeout`) gets what is left, then the close packet.
-    async fn finish(
-        mut self,
-        link: &SessionLink,
-        rx: &mut mpsc::Receiver<crate::publication::Outbound>,
-    ) {
+    async fn finish(mut self, link: &SessionLink, rx: &mut crate::outbox::Outbox) {
         if let Some(Ending::Close { code, reason }) = link.ending() {
             if code != CloseCode::SlowConsumer && self.get.is_some() {
                 while self.out.len() < BATCH_BYTES {
-                    let Ok(m) = rx.try_recv() else { break };
+                    let Some(m) = rx.try_recv() else { break };
                     self.framing.item(&mut self.out, &m);
                     link.taken(m.size());
                 }

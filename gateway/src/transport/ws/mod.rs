@@ -25,6 +25,7 @@ use bytes::Bytes;
 use herald_proto::{CloseCode, Command, ErrorCode};
 use read::{Message, MessageReader, ReadError};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -158,7 +159,9 @@ pub(crate) async fn serve_opened<S, F, I>(
     read_stop.cancel();
     link.finish(Ending::Gone);
     let _ = writer.await;
-    session.close().await;
+    // Boxed: the leaving phase's state would otherwise be part of every
+    // connection's task for its whole life.
+    Box::pin(session.close()).await;
 }
 
 /// Hands messages to the session until the connection ends. True when the
@@ -235,15 +238,23 @@ pub(crate) fn read_error(link: &SessionLink, e: ReadError) {
 pub(crate) struct PongSlot {
     payload: Mutex<Option<Bytes>>,
     ready: Notify,
+    /// A pong waits: lets the writer see it without polling `ready`.
+    set: AtomicBool,
 }
 
 impl PongSlot {
     pub(crate) fn set(&self, payload: Bytes) {
         *self.payload.lock().unwrap_or_else(|e| e.into_inner()) = Some(payload);
+        self.set.store(true, Ordering::Release);
         self.ready.notify_one();
     }
 
+    fn is_set(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+
     fn take(&self) -> Option<Bytes> {
+        self.set.store(false, Ordering::Release);
         self.payload
             .lock()
             .unwrap_or_else(|e| e.into_inner())

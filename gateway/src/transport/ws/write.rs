@@ -11,6 +11,7 @@
 use super::PongSlot;
 use crate::hub::{Ending, SessionLink};
 use crate::metrics::metrics;
+use crate::outbox::Outbox;
 use crate::publication::{Outbound, Wire};
 use crate::session::timers::Timers;
 use crate::session::{SessionCtx, Shared};
@@ -18,7 +19,6 @@ use fastwebsockets::{Frame, OpCode, Payload};
 use herald_proto::{CloseCode, Reply};
 use std::sync::Arc;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// Largest batch of queued frames coalesced into one write.
@@ -68,10 +68,20 @@ impl Framing for HeraldFraming {
     }
 }
 
+/// What woke the writer.
+enum Wake {
+    Closed,
+    Shutdown,
+    /// A ping is due, with a fresh reconnect token when one is.
+    Ping(Option<String>),
+    Pong,
+    Item(Outbound),
+}
+
 pub(crate) struct Writer<W, F> {
     w: W,
     framing: F,
-    rx: mpsc::Receiver<Outbound>,
+    rx: Outbox,
     link: Arc<SessionLink>,
     shared: Arc<Shared>,
     ctx: Arc<SessionCtx>,
@@ -100,7 +110,7 @@ impl<W: AsyncWrite + Unpin, F: Framing> Writer<W, F> {
     pub(crate) fn new(
         w: W,
         framing: F,
-        rx: mpsc::Receiver<Outbound>,
+        rx: Outbox,
         link: Arc<SessionLink>,
         shared: Arc<Shared>,
         ctx: Arc<SessionCtx>,
@@ -144,40 +154,76 @@ impl<W: AsyncWrite + Unpin, F: Framing> Writer<W, F> {
         let ws_pong = pong.ready.notified();
         tokio::pin!(closed_fut, shutdown_fut, ws_pong);
         loop {
-            tokio::select! {
-                biased;
-                _ = &mut closed_fut => break,
-                _ = &mut shutdown_fut, if !timers.draining() => timers.drain(),
-                due = timers.ping_due() => {
-                    self.report_bytes();
-                    self.framing.ping(&mut self.buf, due.token.as_deref());
-                    if self.flush().await.is_err() { break }
+            // A delivery is the common wake, so queued items are polled
+            // first and such a wake polls nothing else (the other futures
+            // stay registered). When a cheap flag says something else is
+            // waiting, and every 32nd batch (for the ping timer), the
+            // session's own events come first.
+            let urgent = self.batches % 32 == 0
+                || link.closed().is_raised()
+                || pong.is_set()
+                || (!timers.draining() && ctx.shutdown.is_raised());
+            let wake = if urgent {
+                tokio::select! {
+                    biased;
+                    _ = &mut closed_fut => Wake::Closed,
+                    _ = &mut shutdown_fut, if !timers.draining() => Wake::Shutdown,
+                    due = timers.ping_due() => Wake::Ping(due.token),
+                    _ = &mut ws_pong => Wake::Pong,
+                    first = self.rx.recv() => Wake::Item(first),
                 }
-                _ = &mut ws_pong => {
+            } else {
+                tokio::select! {
+                    biased;
+                    first = self.rx.recv() => Wake::Item(first),
+                    _ = &mut closed_fut => Wake::Closed,
+                    _ = &mut shutdown_fut, if !timers.draining() => Wake::Shutdown,
+                    due = timers.ping_due() => Wake::Ping(due.token),
+                    _ = &mut ws_pong => Wake::Pong,
+                }
+            };
+            let written = match wake {
+                Wake::Closed => break,
+                Wake::Shutdown => {
+                    timers.drain();
+                    Ok(())
+                }
+                Wake::Ping(token) => {
+                    self.report_bytes();
+                    self.framing.ping(&mut self.buf, token.as_deref());
+                    self.flush().await
+                }
+                Wake::Pong => {
                     ws_pong.set(pong.ready.notified());
                     let p = pong.take();
                     push_frame(&mut self.buf, OpCode::Pong, &p.unwrap_or_default());
-                    if self.flush().await.is_err() { break }
+                    self.flush().await
                 }
-                msg = self.rx.recv() => {
-                    let Some(first) = msg else { break };
-                    if self.batches % 64 == 0 {
-                        metrics().queue_depth.observe((self.rx.len() + 1) as f64);
-                    }
-                    self.batches = self.batches.wrapping_add(1);
-                    let mut taken = self.push(&first);
-                    while self.buf.len() < BATCH_BYTES {
-                        match self.rx.try_recv() {
-                            Ok(m) => taken += self.push(&m),
-                            Err(_) => break,
-                        }
-                    }
-                    self.link.taken(taken);
-                    if self.flush().await.is_err() { break }
-                }
+                Wake::Item(first) => self.batch(first).await,
+            };
+            if written.is_err() {
+                break;
             }
         }
-        self.finish().await;
+        // Boxed, like the session's close: only a closing writer needs its state.
+        Box::pin(self.finish()).await;
+    }
+
+    /// Writes `first` and what else is queued, up to a batch.
+    async fn batch(&mut self, first: Outbound) -> std::io::Result<()> {
+        if self.batches % 64 == 0 {
+            metrics().queue_depth.observe((self.rx.len() + 1) as f64);
+        }
+        self.batches = self.batches.wrapping_add(1);
+        let mut taken = self.push(&first);
+        while self.buf.len() < BATCH_BYTES {
+            match self.rx.try_recv() {
+                Some(m) => taken += self.push(&m),
+                None => break,
+            }
+        }
+        self.link.taken(taken);
+        self.flush().await
     }
 
     /// Writes the batch; gives up early (keeping the rest) if the session is closed meanwhile.
@@ -210,6 +256,7 @@ impl<W: AsyncWrite + Unpin, F: Framing> Writer<W, F> {
         if self.rx.is_empty() || self.buf.capacity() > 4 * BATCH_BYTES {
             // Idle connections hold no write buffer (measured: ~0.6 KiB each).
             self.buf = Vec::new();
+            self.rx.shrink();
         }
         Ok(())
     }
@@ -239,7 +286,7 @@ impl<W: AsyncWrite + Unpin, F: Framing> Writer<W, F> {
                 // whose full queue is the reason it is closed.
                 if code != CloseCode::SlowConsumer {
                     while self.buf.len() < 4 * BATCH_BYTES {
-                        let Ok(m) = self.rx.try_recv() else { break };
+                        let Some(m) = self.rx.try_recv() else { break };
                         let n = self.push(&m);
                         self.link.taken(n);
                     }
