@@ -138,7 +138,13 @@ impl SessionLink {
     pub(crate) fn finish(&self, ending: Ending) -> bool {
         let first = self.ending.set(ending).is_ok();
         self.closed.raise();
+        self.queue.wake();
         first
+    }
+
+    /// Wakes the writer to look at its flags (e.g. a pong to send).
+    pub(crate) fn wake_writer(&self) {
+        self.queue.wake();
     }
 
     pub(crate) fn ending(&self) -> Option<Ending> {

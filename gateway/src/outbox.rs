@@ -74,6 +74,17 @@ impl Queue {
     }
 }
 
+impl Queue {
+    /// Wakes the writer without an item: something it checks by flag
+    /// (its session closing, a pong to send) changed.
+    pub(crate) fn wake(&self) {
+        let waker = self.lock().waker.take();
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
 /// The consuming half: the session's writer. Dropping it closes the queue
 /// and frees what is still in it.
 pub(crate) struct Outbox {
@@ -126,6 +137,16 @@ impl Outbox {
             }
         }
         Poll::Pending
+    }
+
+    /// Has [`Queue::wake`] (and pushes) wake `cx` from now on, also while
+    /// the writer waits on something else, such as a write.
+    pub(crate) fn register(&self, cx: &Context<'_>) {
+        let mut q = self.queue().lock();
+        match &q.waker {
+            Some(old) if old.will_wake(cx.waker()) => {}
+            _ => q.waker = Some(cx.waker().clone()),
+        }
     }
 
     /// Waits for the next item. Cancel-safe.

@@ -137,7 +137,9 @@ pub(crate) struct Session {
 
 /// A session just opened: the core, and what its transport's writer needs.
 pub(crate) struct Opened {
-    pub(crate) session: Session,
+    /// Boxed: it moves through several transport futures, and each would
+    /// otherwise keep its own copy of its space.
+    pub(crate) session: Box<Session>,
     pub(crate) link: Arc<SessionLink>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) rx: Outbox,
@@ -164,7 +166,7 @@ impl Session {
         );
         ctx.links.shard(id).insert(id, Arc::clone(&link));
         let shared = Arc::new(Shared::default());
-        let session = Session {
+        let session = Box::new(Session {
             link: Arc::clone(&link),
             shared: Arc::clone(&shared),
             bucket: Bucket::new(&ctx.cfg),
@@ -177,7 +179,7 @@ impl Session {
             granted: HashSet::new(),
             _slot: None,
             headers,
-        };
+        });
         Opened {
             session,
             link,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::{Instant, Interval, MissedTickBehavior, Sleep, interval_at, sleep_until};
+use tokio::time::{Instant, Sleep, sleep_until};
 
 /// The session's deadlines and ping clock.
 pub(crate) struct Timers {
@@ -36,10 +36,12 @@ pub(crate) struct Timers {
     expiry: Option<Instant>,
     exp_seen: u64,
     leeway: Duration,
-    /// One sleep for all deadlines, reset only when the earliest one moves.
+    /// One sleep for all deadlines and the next ping, reset only when the
+    /// earliest one moves (one timer per session, not two).
     sleep: Pin<Box<Sleep>>,
     sleep_at: Option<Instant>,
-    ping: Interval,
+    /// When the next ping is due, once connected.
+    next_ping: Instant,
 }
 
 /// Time to ping the client.
@@ -53,9 +55,7 @@ impl Timers {
     pub(crate) fn new(ctx: Arc<SessionCtx>, shared: Arc<Shared>, link: Arc<SessionLink>) -> Self {
         let now = Instant::now();
         let connect_deadline = now + ctx.cfg.connect_timeout;
-        let every = ctx.cfg.ping_interval;
-        let mut ping = interval_at(now + every, every);
-        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let next_ping = now + ctx.cfg.ping_interval;
         let leeway = ctx.auth.as_ref().map(|a| a.leeway()).unwrap_or_default();
         Self {
             ctx,
@@ -70,7 +70,7 @@ impl Timers {
             leeway,
             sleep: Box::pin(sleep_until(connect_deadline)),
             sleep_at: Some(connect_deadline),
-            ping,
+            next_ping,
         }
     }
 
@@ -111,6 +111,7 @@ impl Timers {
                 self.pong_deadline,
                 self.drain_at,
                 self.expiry,
+                connected.then_some(self.next_ping),
             ]
             .into_iter()
             .flatten()
@@ -123,16 +124,19 @@ impl Timers {
             if self.sleep.as_mut().poll(cx).is_pending() {
                 break;
             }
-            self.fire(Instant::now());
-        }
-        if connected && self.ping.poll_tick(cx).is_ready() {
-            if self.pong_deadline.is_none() {
-                self.shared.pong_seen.store(false, Ordering::Release);
-                self.pong_deadline = Some(Instant::now() + self.ctx.cfg.pong_timeout);
+            let now = Instant::now();
+            self.fire(now);
+            if connected && self.next_ping <= now {
+                // Counted from now: a late ping does not bring the next closer.
+                self.next_ping = now + self.ctx.cfg.ping_interval;
+                if self.pong_deadline.is_none() {
+                    self.shared.pong_seen.store(false, Ordering::Release);
+                    self.pong_deadline = Some(now + self.ctx.cfg.pong_timeout);
+                }
+                return Poll::Ready(PingDue {
+                    token: self.fresh_token(),
+                });
             }
-            return Poll::Ready(PingDue {
-                token: self.fresh_token(),
-            });
         }
         Poll::Pending
     }

@@ -48,12 +48,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Runs one Socket.IO WebSocket connection (after the upgrade) to its end.
-pub(crate) async fn run<S>(io: S, ctx: Arc<SessionCtx>, headers: ClientHeaders)
+pub(crate) fn run<S>(
+    io: S,
+    ctx: Arc<SessionCtx>,
+    headers: ClientHeaders,
+) -> impl Future<Output = ()> + Send
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
+    // Not async, like `ws::serve`: no extra copy in every connection's task.
     let (framing, inbound) = halves(false);
-    super::ws::serve(io, ctx, Wire::SocketIo, headers, framing, inbound).await;
+    super::ws::serve(io, ctx, Wire::SocketIo, headers, framing, inbound)
 }
 
 /// The writing and reading halves of one Engine.IO session, sharing its

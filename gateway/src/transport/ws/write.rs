@@ -7,6 +7,8 @@
 //! (batched, up to 64 KiB per write), the session's timers (pings, and
 //! deadlines that end it), WebSocket pings to answer, the drain signal, and
 //! the session's end, which it writes as the framing's farewell + close.
+//! The last two are flags that wake it through the outbox's waker, so the
+//! writer holds no future per event (memory per idle connection).
 
 use super::PongSlot;
 use crate::hub::{Ending, SessionLink};
@@ -17,7 +19,9 @@ use crate::session::timers::Timers;
 use crate::session::{SessionCtx, Shared};
 use fastwebsockets::{Frame, OpCode, Payload};
 use herald_proto::{CloseCode, Reply};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
@@ -70,11 +74,11 @@ impl Framing for HeraldFraming {
 
 /// What woke the writer.
 enum Wake {
-    Closed,
+    /// The session is closing or a pong waits: the loop checks which.
+    Flag,
     Shutdown,
     /// A ping is due, with a fresh reconnect token when one is.
     Ping(Option<String>),
-    Pong,
     Item(Outbound),
 }
 
@@ -147,43 +151,45 @@ impl<W: AsyncWrite + Unpin, F: Framing> Writer<W, F> {
             Arc::clone(&self.shared),
             Arc::clone(&link),
         );
-        // Long-lived futures are pinned once: re-creating them every loop
-        // would re-register their wakers (a lock each) on every batch.
-        let closed_fut = link.closed().wait();
+        // Pinned once: re-creating it every loop would re-register its
+        // waker (a lock) on every batch.
         let shutdown_fut = ctx.shutdown.wait();
-        let ws_pong = pong.ready.notified();
-        tokio::pin!(closed_fut, shutdown_fut, ws_pong);
+        tokio::pin!(shutdown_fut);
         loop {
+            // The session closing and a pong to answer are flags: they wake
+            // this task through the queue's waker, so no future waits on them.
+            if link.closed().is_raised() {
+                break;
+            }
+            if pong.is_set() {
+                let p = pong.take();
+                push_frame(&mut self.buf, OpCode::Pong, &p.unwrap_or_default());
+                if self.flush().await.is_err() {
+                    break;
+                }
+                continue;
+            }
             // A delivery is the common wake, so queued items are polled
-            // first and such a wake polls nothing else (the other futures
-            // stay registered). When a cheap flag says something else is
-            // waiting, and every 32nd batch (for the ping timer), the
-            // session's own events come first.
-            let urgent = self.batches % 32 == 0
-                || link.closed().is_raised()
-                || pong.is_set()
-                || (!timers.draining() && ctx.shutdown.is_raised());
+            // first and such a wake polls nothing else. When the drain has
+            // begun, and every 32nd batch (for the timers), those come first.
+            let urgent = self.batches % 32 == 0 || (!timers.draining() && ctx.shutdown.is_raised());
             let wake = if urgent {
                 tokio::select! {
                     biased;
-                    _ = &mut closed_fut => Wake::Closed,
                     _ = &mut shutdown_fut, if !timers.draining() => Wake::Shutdown,
                     due = timers.ping_due() => Wake::Ping(due.token),
-                    _ = &mut ws_pong => Wake::Pong,
-                    first = self.rx.recv() => Wake::Item(first),
+                    w = std::future::poll_fn(|cx| self.poll_next(cx)) => w,
                 }
             } else {
                 tokio::select! {
                     biased;
-                    first = self.rx.recv() => Wake::Item(first),
-                    _ = &mut closed_fut => Wake::Closed,
+                    w = std::future::poll_fn(|cx| self.poll_next(cx)) => w,
                     _ = &mut shutdown_fut, if !timers.draining() => Wake::Shutdown,
                     due = timers.ping_due() => Wake::Ping(due.token),
-                    _ = &mut ws_pong => Wake::Pong,
                 }
             };
             let written = match wake {
-                Wake::Closed => break,
+                Wake::Flag => continue,
                 Wake::Shutdown => {
                     timers.drain();
                     Ok(())
@@ -191,12 +197,6 @@ impl<W: AsyncWrite + Unpin, F: Framing> Writer<W, F> {
                 Wake::Ping(token) => {
                     self.report_bytes();
                     self.framing.ping(&mut self.buf, token.as_deref());
-                    self.flush().await
-                }
-                Wake::Pong => {
-                    ws_pong.set(pong.ready.notified());
-                    let p = pong.take();
-                    push_frame(&mut self.buf, OpCode::Pong, &p.unwrap_or_default());
                     self.flush().await
                 }
                 Wake::Item(first) => self.batch(first).await,
@@ -207,6 +207,21 @@ impl<W: AsyncWrite + Unpin, F: Framing> Writer<W, F> {
         }
         // Boxed, like the session's close: only a closing writer needs its state.
         Box::pin(self.finish()).await;
+    }
+
+    /// A raised flag (closing, a pong to send) or the next queued item.
+    /// Flags are checked again after the queue registers the waker, so a
+    /// flag raised meanwhile is not missed (raising it wakes that waker).
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Wake> {
+        let flagged = |w: &Self| w.link.closed().is_raised() || w.pong.is_set();
+        if flagged(self) {
+            return Poll::Ready(Wake::Flag);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(item) => Poll::Ready(Wake::Item(item)),
+            Poll::Pending if flagged(self) => Poll::Ready(Wake::Flag),
+            Poll::Pending => Poll::Pending,
+        }
     }
 
     /// Writes `first` and what else is queued, up to a batch.
@@ -230,22 +245,33 @@ impl<W: AsyncWrite + Unpin, F: Framing> Writer<W, F> {
     async fn flush(&mut self) -> std::io::Result<()> {
         let mut pos = 0;
         while pos < self.buf.len() {
-            tokio::select! {
-                biased;
-                r = self.w.write(&self.buf[pos..]) => match r {
-                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                    Ok(n) => {
-                        pos += n;
-                        self.unreported += n as u64;
-                    }
-                    Err(e) => {
-                        self.link.finish(Ending::Gone);
-                        return Err(e);
-                    }
-                },
-                _ = self.link.closed().wait() => {
+            let written = std::future::poll_fn(|cx| {
+                if self.link.closed().is_raised() {
+                    return Poll::Ready(None);
+                }
+                // Closing wakes this task through the queue, also mid-write
+                // (checked again after registering, as in `poll_next`).
+                self.rx.register(cx);
+                match Pin::new(&mut self.w).poll_write(cx, &self.buf[pos..]) {
+                    Poll::Ready(r) => Poll::Ready(Some(r)),
+                    Poll::Pending if self.link.closed().is_raised() => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            match written {
+                None => {
                     self.buf.drain(..pos);
                     return Ok(());
+                }
+                Some(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Some(Ok(n)) => {
+                    pos += n;
+                    self.unreported += n as u64;
+                }
+                Some(Err(e)) => {
+                    self.link.finish(Ending::Gone);
+                    return Err(e);
                 }
             }
         }
