@@ -4,6 +4,8 @@
 pub(crate) use herald_testkit::*;
 use serde_json::{Value, json};
 use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -171,5 +173,117 @@ pub(crate) async fn read_channels_until_last(c: &mut Client, last: &HashMap<Stri
             assert_eq!(m["offset"], last[&ch], "{m}");
             done += 1;
         }
+    }
+}
+
+/// A real HAProxy in front of nodes, on one loopback address, stopped by PID
+/// on drop: one URL for a client, as in a deployment. The first node that is
+/// up takes every new connection (`balance first`); a connection a node
+/// refuses is retried on another one at once (`retries`, `option
+/// redispatch`), and a node failing its `/readyz` check is taken out at the
+/// first failure. A lone node is not checked (there is nowhere else to go).
+/// Timeouts are long: a stream through it is never cut.
+pub(crate) struct HaProxy {
+    pub(crate) addr: SocketAddr,
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl HaProxy {
+    /// HAProxy on `nodes`, in that order of preference; with
+    /// `proxy_protocol`, it sends each node a PROXY protocol v2 header.
+    pub(crate) fn start<'a>(
+        nodes: impl IntoIterator<Item = &'a Gateway>,
+        proxy_protocol: bool,
+    ) -> Self {
+        let nodes: Vec<&Gateway> = nodes.into_iter().collect();
+        let check = nodes.len() > 1;
+        let servers: String = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, gw)| {
+                let mut line = format!("    server node{i} {}", gw.public);
+                if proxy_protocol {
+                    line.push_str(" send-proxy-v2");
+                }
+                if check {
+                    line.push_str(" check");
+                    // Probes on the admin listener (which takes no PROXY header).
+                    if gw.admin != gw.public {
+                        line += &format!(" addr {} port {}", gw.admin.ip(), gw.admin.port());
+                    }
+                }
+                line + "\n"
+            })
+            .collect();
+        let nonce = fastrand::u64(..);
+        let dir =
+            std::env::temp_dir().join(format!("herald-haproxy-{}-{nonce:x}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("haproxy.cfg");
+        let monitor = format!("/.herald-haproxy-{nonce:x}");
+        // HAProxy cannot report a port the kernel chose: take one the kernel
+        // just gave out, and try another should something else hold it. The
+        // unique monitor URI tells this HAProxy from whatever else listens.
+        for _ in 0..20 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let cfg = format!(
+                "global\n    maxconn 1000\n    noreuseport\n\n\
+                 defaults\n    mode http\n    timeout connect 2s\n    timeout client 1h\n    \
+                 timeout server 1h\n    timeout tunnel 1h\n    timeout check 1s\n    \
+                 retries 3\n    option redispatch 1\n\n\
+                 frontend clients\n    bind 127.0.0.1:{port}\n    monitor-uri {monitor}\n    \
+                 default_backend herald\n\n\
+                 backend herald\n    balance first\n    option httpchk GET /readyz\n    \
+                 http-check expect status 200\n    default-server inter 200ms fall 1 rise 1\n\
+                 {servers}"
+            );
+            std::fs::write(&path, cfg).expect("config");
+            let mut child = std::process::Command::new("haproxy")
+                .args(["-db", "-f", path.to_str().expect("path")])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("haproxy not found: install it (scripts/test.sh does)");
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            for _ in 0..250 {
+                if child.try_wait().ok().flatten().is_some() {
+                    break; // the port is taken: try another
+                }
+                if answers(addr, &monitor) {
+                    return Self { addr, child, dir };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        panic!("haproxy did not start");
+    }
+}
+
+/// Whether `addr` answers `GET path` with 200.
+fn answers(addr: SocketAddr, path: &str) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut head = [0u8; 12];
+    s.write_all(req.as_bytes()).is_ok()
+        && s.read_exact(&mut head).is_ok()
+        && head.starts_with(b"HTTP/1.")
+        && &head[8..] == b" 200"
+}
+
+impl Drop for HaProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -6,7 +6,6 @@
 use crate::common::*;
 use serde_json::json;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -163,7 +162,7 @@ async fn haproxy_proxy_protocol_names_the_client() {
         "--max-connections-per-ip",
         "1",
     ]);
-    let lb = HaProxy::start(gw.public);
+    let lb = HaProxy::start([&gw], true);
     let through = |from: &'static str| Client::try_open(lb.addr, Some(ip(from)), &[]);
     let mut a = through("127.0.0.2")
         .await
@@ -261,66 +260,4 @@ async fn at_the_descriptor_limit_probes_answer_and_sessions_are_served() {
     })
     .await;
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-/// A real HAProxy in front of one node, sending PROXY protocol v2.
-struct HaProxy {
-    addr: SocketAddr,
-    child: std::process::Child,
-    _dir: std::path::PathBuf,
-}
-
-impl HaProxy {
-    fn start(node: SocketAddr) -> Self {
-        let dir = std::env::temp_dir().join(format!(
-            "herald-haproxy-{}-{}",
-            std::process::id(),
-            node.port()
-        ));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        // HAProxy cannot report a kernel-chosen port: try a few.
-        for _ in 0..20 {
-            let port = 20000 + fastrand::u16(..9000);
-            let cfg = format!(
-                "global\n    maxconn 1000\n\ndefaults\n    mode http\n    timeout connect 2s\n    \
-                 timeout client 30s\n    timeout server 30s\n    timeout tunnel 1h\n\n\
-                 frontend ws\n    bind 127.0.0.1:{port}\n    default_backend herald\n\n\
-                 backend herald\n    server node {node} send-proxy-v2\n"
-            );
-            let path = dir.join("haproxy.cfg");
-            std::fs::write(&path, cfg).expect("config");
-            let child = std::process::Command::new("haproxy")
-                .args(["-db", "-f", path.to_str().expect("path")])
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("haproxy not found: install it (scripts/test.sh does)");
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-            let mut lb = Self {
-                addr,
-                child,
-                _dir: dir.clone(),
-            };
-            for _ in 0..100 {
-                if std::net::TcpStream::connect(addr).is_ok() {
-                    return lb;
-                }
-                if lb.child.try_wait().ok().flatten().is_some() {
-                    break; // port taken: try another
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = lb.child.kill();
-            let _ = lb.child.wait();
-        }
-        panic!("haproxy did not start");
-    }
-}
-
-impl Drop for HaProxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
-    }
 }

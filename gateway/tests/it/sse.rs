@@ -3,11 +3,11 @@
 //! `tests/fixtures/sse_client.py`, and a raw HTTP reader below (for what a
 //! client library hides: a reader that stops reading, the farewell).
 
-use crate::common::{Gateway, Redis, all_ready, eventually, herald};
+use crate::common::{Gateway, HaProxy, Redis, all_ready, eventually, herald};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdout, Command};
@@ -183,15 +183,21 @@ async fn last_event_id_resumes_on_another_node_after_kill_9() {
         })
         .collect();
     all_ready(&nodes).await;
-    let url = |gw: &Gateway| format!("http://{}/sse?channel=feed&channel=other", gw.public);
-    let mut py = Reader::python(&url(&nodes[0]), None);
+    // One URL for the client, before and after the kill, as in a deployment.
+    let lb = HaProxy::start(&nodes, false);
+    let url = format!("http://{}/sse?channel=feed&channel=other", lb.addr);
+    let mut py = Reader::python(&url, None);
     assert_eq!(py.json().await["status"], 200);
-    eventually("subscribed", || async {
-        sse_connections(&nodes[0]).await == 1.0
+    eventually("subscribed on one node", || async {
+        sse_connections(&nodes[0]).await + sse_connections(&nodes[1]).await == 1.0
     })
     .await;
+    // The node holding the stream, and the other one.
+    let held = usize::from(sse_connections(&nodes[0]).await != 1.0);
     for i in 1..=3 {
-        nodes[1].publish("feed", "tick", json!({"i": i})).await;
+        nodes[1 - held]
+            .publish("feed", "tick", json!({"i": i}))
+            .await;
     }
     let mut last = String::new();
     for i in 1..=3 {
@@ -202,15 +208,28 @@ async fn last_event_id_resumes_on_another_node_after_kill_9() {
         );
         last = e["id"].as_str().expect("id").to_owned();
     }
-    // The node dies; publications go on through the other one.
-    drop(nodes.remove(0));
+    // That node dies (kill -9); publications go on through the other one.
+    drop(nodes.remove(held));
     for i in 4..=6 {
         nodes[0].publish("feed", "tick", json!({"i": i})).await;
     }
     nodes[0].publish("other", "x", json!(1)).await;
     py.kill().await;
-    let mut py = Reader::python(&url(&nodes[0]), Some(&last));
-    assert_eq!(py.json().await["status"], 200);
+    // The same URL again, until HAProxy has a live node for it.
+    let deadline = Instant::now() + WAIT;
+    let mut py = loop {
+        let mut py = Reader::python(&url, Some(&last));
+        let head = py.json().await;
+        if head["status"] == 200 {
+            break py;
+        }
+        // Refused (HAProxy had no live node for it yet): the client has
+        // exited; ask again.
+        assert!(
+            Instant::now() < deadline,
+            "no stream through HAProxy: {head}"
+        );
+    };
     let mut got = Vec::new();
     for _ in 0..4 {
         let e = py.event().await;
