@@ -22,7 +22,8 @@
 # RATES (deliveries/s, "50000 100000 200000 400000"), SUBSCRIBERS (2000),
 # REPEATS (3), DURATION (10 s per point), PAYLOAD (100 B), IDLE (10000),
 # BIG (subscribers of the second pass, 10000; 0 skips it), BIG_RATES
-# ("50000"), OUT (directory for JSON reports).
+# ("50000"), OUT (directory for JSON reports), REPORT_ONLY (1: print the
+# tables again from OUT's points, measuring nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -38,8 +39,9 @@ BIG=${BIG:-10000}
 BIG_RATES=${BIG_RATES:-"50000"}
 OUT=${OUT:-$ROOT/target/compare}
 PEERS=${PEERS:-$ROOT/../shared/peers}
+REPORT_ONLY=${REPORT_ONLY:-0}
 mkdir -p "$OUT"
-rm -f "$OUT"/points.tsv "$OUT"/idle.tsv
+[ "$REPORT_ONLY" = 1 ] || rm -f "$OUT"/points.tsv "$OUT"/idle.tsv
 
 pids=()
 cleanup() {
@@ -74,6 +76,7 @@ start_redis() { # -> REDIS_PORT, appends the pid to pids
   echo "redis did not start" >&2; exit 1
 }
 
+if [ "$REPORT_ONLY" != 1 ]; then
 echo "==> building release binaries" >&2
 cargo build --release --locked -q -p herald -p herald-loadtest
 LOAD=$ROOT/target/release/herald-load
@@ -195,7 +198,7 @@ for rep in $(seq "$REPEATS"); do
     for rate in $BIG_RATES; do for s in $SERVERS; do point "$s" "$BIG" "$rate" "$rep"; done; done
   fi
 done
-
+fi
 
 python3 - "$OUT" "$SERVERS" "$SUBSCRIBERS" "$BIG" "$REPEATS" "$DURATION" "$PAYLOAD" "$IDLE" <<'EOF'
 import statistics, sys, collections, datetime, os
@@ -224,18 +227,20 @@ print(f"\nOne run, {os.cpu_count()} CPUs, {datetime.date.today()}, {repeats} int
 for n in sorted({k[1] for k in rows}):
     rates = sorted({k[2] for k in rows if k[1] == n})
     print(f"\n{n} subscribers on one channel: median (min–max) over the repeats; ratios are medians / the floor's")
-    print("| deliveries/s | server | all delivered | p50 ms | p99 ms | CPU µs per delivery (server + Redis) | p99 / floor | CPU / floor |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| deliveries/s | server | all delivered | p50 ms | p99 ms | CPU µs per delivery (server + Redis) | p50 / floor | p99 / floor | CPU / floor | CPU / socketioxide |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for rate in rates:
         f = rows.get(("floor", n, rate), [])
-        f99, fcpu = med([r[2] for r in f]), med([r[3] for r in f])
+        f50, f99, fcpu = med([r[1] for r in f]), med([r[2] for r in f]), med([r[3] for r in f])
+        sx = rows.get(("socketioxide", n, rate), [])
+        sxcpu = med([r[3] for r in sx])
         for s in servers:
             rs = rows.get((s, n, rate), [])
             if not rs:
                 continue
             okc = sum(r[0] for r in rs)
-            p99, cpu = med([r[2] for r in rs]), med([r[3] for r in rs])
-            print(f"| {rate:,} | {s} | {okc}/{len(rs)} | {cell([r[1] for r in rs])} | {cell([r[2] for r in rs])} | {cell([r[3] for r in rs])} | {ratio(p99, f99)} | {ratio(cpu, fcpu)} |")
+            p50, p99, cpu = med([r[1] for r in rs]), med([r[2] for r in rs]), med([r[3] for r in rs])
+            print(f"| {rate:,} | {s} | {okc}/{len(rs)} | {cell([r[1] for r in rs])} | {cell([r[2] for r in rs])} | {cell([r[3] for r in rs])} | {ratio(p50, f50)} | {ratio(p99, f99)} | {ratio(cpu, fcpu)} | {ratio(cpu, sxcpu)} |")
     print(f"\nHighest rate sustained ({n} subscribers): every repeat delivered everything, median p99 < 50 ms")
     best = {}
     for s in servers:
