@@ -43,15 +43,8 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# Ports below the ephemeral range, so the load client's own connections never collide.
-free_port() {
-  local p
-  while p=$((20000 + RANDOM % 9000)); ss -tanH | awk '{print $4}' | grep -qE ":$p$"; do :; done
-  echo "$p"
-}
 # shellcheck source=loadtest/lib.sh
 . "$ROOT/loadtest/lib.sh"
-jq_py() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print($2)" "$1"; }
 wait_ready() {
   for _ in $(seq 100); do curl -fsS "$1/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "$1 did not become ready" >&2; exit 1

@@ -50,14 +50,6 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# Ports below the ephemeral range, so the load client's own connections
-# never collide with a server's.
-free_port() {
-  local p
-  while p=$((20000 + RANDOM % 9000)); ss -tanH | awk '{print $4}' | grep -qE ":($p|$((p + 1)))$"; do :; done
-  echo "$p"
-}
-jq_py() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print($2)" "$1"; }
 wait_http() { # URL
   for _ in $(seq 150); do curl -fsS "$1" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "$1 did not answer" >&2; exit 1
@@ -68,7 +60,7 @@ tree() { local p=$1 c; echo "$p"; for c in $(pgrep -P "$p" || true); do tree "$c
 . "$ROOT/loadtest/lib.sh"
 
 start_redis() { # -> REDIS_PORT, appends the pid to pids
-  REDIS_PORT=$(free_port)
+  REDIS_PORT=$(free_port 1)
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
   pids+=($!)
   REDIS_PID=$!
@@ -87,7 +79,7 @@ start_server() {
   local name=$1 a b
   case $name in
     floor)
-      a=$(free_port); b=$(free_port)
+      a=$(free_port 1); b=$(free_port 1)
       "$LOAD" floor --listen "127.0.0.1:$a" --peer "http://127.0.0.1:$b" --worker-threads 1 >/dev/null 2>&1 &
       local p1=$!
       "$LOAD" floor --listen "127.0.0.1:$b" --peer "http://127.0.0.1:$a" --worker-threads 1 >/dev/null 2>&1 &
@@ -98,7 +90,7 @@ start_server() {
       ;;
     herald | herald-sio)
       start_redis
-      a=$(free_port); b=$(free_port)
+      a=$(free_port 1); b=$(free_port 1)
       local ps=() p
       for p in "$a" "$b"; do
         # One runtime thread per node, like each single-threaded Node.js process of the peer.
@@ -120,7 +112,7 @@ start_server() {
         (cd "$dir" && npm install --no-audit --no-fund --silent >&2)
       fi
       start_redis
-      a=$(free_port)
+      a=$(free_port 1)
       (cd "$dir" && NODES=2 BASE_PORT=$a REDIS_URL="redis://127.0.0.1:$REDIS_PORT" exec node server.js >"$OUT/socketio.log" 2>&1) &
       local p=$!; pids+=("$p")
       for _ in $(seq 150); do grep -q READY "$OUT/socketio.log" 2>/dev/null && break; sleep 0.1; done
@@ -135,7 +127,7 @@ start_server() {
         CARGO_TARGET_DIR=$tgt cargo build --release --locked -q --manifest-path "$src/Cargo.toml" >&2
       fi
       start_redis
-      a=$(free_port); b=$(free_port)
+      a=$(free_port 1); b=$(free_port 1)
       PORT=$a WORKERS=1 REDIS_URL="redis://127.0.0.1:$REDIS_PORT" "$tgt/release/sioxide-peer" >"$OUT/sx-$a.log" 2>&1 &
       local p1=$!
       PORT=$b WORKERS=1 REDIS_URL="redis://127.0.0.1:$REDIS_PORT" "$tgt/release/sioxide-peer" >"$OUT/sx-$b.log" 2>&1 &

@@ -14,6 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=loadtest/lib.sh
+. "$ROOT/loadtest/lib.sh"
 CLIENTS=${CLIENTS:-2000}
 DELIVERIES=${DELIVERIES:-100000}
 DURATION=${DURATION:-10}
@@ -25,12 +27,6 @@ mkdir -p "$OUT"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
-free_port() {
-  local p
-  while p=$((20000 + RANDOM % 9000)); ss -tanH | awk '{print $4}' | grep -qE ":$p$"; do :; done
-  echo "$p"
-}
-jq_py() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print($2)" "$1"; }
 wait_ready() {
   for _ in $(seq 100); do curl -fsS "$1/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "$1 did not become ready" >&2; exit 1

@@ -15,6 +15,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=loadtest/lib.sh
+. "$ROOT/loadtest/lib.sh"
 N=${N:-1000000}
 CHANNELS=${CHANNELS:-4}
 PAYLOAD=${PAYLOAD:-100}
@@ -24,11 +26,6 @@ mkdir -p "$OUT"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
-free_port() {
-  local p
-  while p=$((20000 + RANDOM % 9000)); ss -tanH | awk '{print $4}' | grep -qE ":$p$"; do :; done
-  echo "$p"
-}
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 
 cargo build --release --locked -q -p herald

@@ -33,11 +33,6 @@ rm -f "$OUT/points.tsv"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
-free_port() {
-  local p
-  while p=$((20000 + RANDOM % 9000)); ss -tanH | awk '{print $4}' | grep -qE ":$p$"; do :; done
-  echo "$p"
-}
 wait_ready() {
   for _ in $(seq 100); do curl -fsS "$1/readyz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "$1 did not become ready" >&2; exit 1

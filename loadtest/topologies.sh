@@ -20,6 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# shellcheck source=loadtest/lib.sh
+. "$ROOT/loadtest/lib.sh"
 
 RATE=${RATE:-40000}
 CHANNELS=${CHANNELS:-10000}
@@ -38,13 +40,6 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# A port below the ephemeral range whose cluster bus port (+10000) is free too.
-free_port() {
-  local p
-  while p=$((20000 + RANDOM % 9000)); ss -tanH | awk '{print $4}' | grep -qE ":($p|$((p + 10000)))$"; do :; done
-  echo "$p"
-}
-jq_py() { python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print($2)" "$1"; }
 # CPU seconds (user + system) a process has used so far.
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 
@@ -52,7 +47,7 @@ REDIS_PORTS=()
 start_redis() { # [extra args...] -> appends to REDIS_PORTS / redis_pids
   local port dir pid
   for _ in 1 2 3 4 5 6 7 8; do # another process may take the port first
-    port=$(free_port)
+    port=$(free_port 10000)
     dir="$OUT/redis-$port"
     mkdir -p "$dir"
     redis-server --port "$port" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" "$@" \
@@ -129,7 +124,7 @@ rows=()
 for topo in $TOPOLOGIES; do
   for via in $VIAS; do
     setup "$topo"
-    H1=$(free_port); H2=$(free_port)
+    H1=$(free_port 10000); H2=$(free_port 10000)
     node_pids=()
     for p in "$H1" "$H2"; do
       "$ROOT/target/release/herald" serve --listen "127.0.0.1:$p" "${BROKER_ARGS[@]}" \

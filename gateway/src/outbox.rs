@@ -72,9 +72,7 @@ impl Queue {
         }
         Ok(())
     }
-}
 
-impl Queue {
     /// Wakes the writer without an item: something it checks by flag
     /// (its session closing, a pong to send) changed.
     pub(crate) fn wake(&self) {

@@ -10,10 +10,14 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     sys::raise_nofile_limit();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // The floor server may be pinned to fewer threads, like a node.
+    if let Command::Floor(a) = &cli.cmd
+        && let Some(n) = a.worker_threads
     {
+        builder.worker_threads(n.max(1));
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: starting the async runtime: {e}");
@@ -32,20 +36,6 @@ fn main() -> ExitCode {
         };
     }
     if let Command::Floor(a) = &cli.cmd {
-        let rt = match a.worker_threads {
-            None => rt,
-            Some(n) => match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(n.max(1))
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: starting the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            },
-        };
         return match rt.block_on(herald_loadtest::floor::serve(a.clone())) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
